@@ -1,0 +1,486 @@
+"""The base of every blockwise task, and the only module that talks to daisy.
+
+A task declares its geometry (`write_roi`, `write_size`, `context_size`, all
+in world units), its outputs and one block function (`process_block_func`).
+The base turns that into a `daisy.Task`:
+
+- geometry and inputs are checked, and outputs prepared, before any block runs;
+- finished blocks are recorded by daisy 2 in a tracking zarr
+  (``<meta_dir>/blocks_done.zarr``), so a rerun skips them. A block counts as
+  done only when its function returned, i.e. after everything it writes is
+  written. The layout the tracking was made for is kept beside it
+  (``layout.json``): a rerun with another ROI or block size is refused with
+  the differences instead of skipping the wrong blocks;
+- with ``multiprocessing=True`` each worker is a process that enters
+  `process_block_func` once and then handles blocks until none are left (in
+  ``num_cache_workers`` threads if set); with a `worker_config` each worker is
+  ``volara-cli blockwise-worker`` from the task's saved config, started
+  through the cluster's submission command;
+- with ``multiprocessing=False`` blocks run one after another in this process
+  (use it for debugging).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import threading
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import daisy.v2 as daisy
+import numpy as np
+import zarr
+from funlib.geometry import Coordinate, Roi
+from pydantic import Field, field_validator
+
+from ..datasets import Dataset
+from ..logging import get_log_basedir
+from ..utils import PydanticRoi, StrictBaseModel
+from ..workers import AnyWorker, LocalWorker, Worker
+
+if TYPE_CHECKING:
+    from .pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+FITS = ("valid", "overhang", "shrink")
+DEFAULT_BLOCK_TIMEOUT_SECONDS = 3600.0
+
+BlockFunction = Callable[[daisy.Block], None]
+
+
+class BlockwiseTask(StrictBaseModel, ABC):
+    """A blockwise operation over a volume, run by daisy.
+
+    Subclasses provide `task_name`, `write_roi`, `write_size`,
+    `context_size` and `process_block_func`; optionally `init` (prepare
+    outputs), `check_config` (validate inputs before anything runs),
+    `output_datasets` and `drop_artifacts`.
+    """
+
+    roi: PydanticRoi | None = None
+    """Restrict the task to this region, ``[offset, shape]`` in world units.
+    ``None`` processes everything the inputs cover."""
+    num_workers: int = Field(default=1, ge=1)
+    """Number of workers processing blocks in parallel."""
+    num_cache_workers: int | None = Field(default=None, ge=1)
+    """Threads per worker, each running the block function on its own blocks
+    while sharing the worker's setup (e.g. one model on a GPU fed by several
+    reading/writing threads). ``None``: one."""
+    worker_config: AnyWorker | None = None
+    """How to start workers: ``None`` starts local processes; a `SlurmWorker`
+    or `LSFWorker` submits each worker as a cluster job."""
+    max_retries: int = Field(default=2, ge=0)
+    """How often a failed block is retried before it is reported as failed."""
+    timeout: float | None = Field(default=None, gt=0)
+    """Seconds a block may take before its worker is killed and the block
+    retried. ``None``: the task's default (one hour for most tasks)."""
+
+    fit: str
+    """What to do with blocks that stick out of `write_roi`: ``"valid"`` skips
+    them, ``"overhang"`` processes them whole, ``"shrink"`` crops them."""
+    read_write_conflict: bool
+    """Whether neighboring blocks must not run at the same time because one
+    reads what the other writes."""
+
+    _out_array_dtype: np.dtype = np.dtype(np.uint8)
+    _upstream_outputs: frozenset[str] = frozenset()
+
+    @field_validator("fit")
+    @classmethod
+    def _check_fit(cls, fit: str) -> str:
+        if fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}; got {fit!r}")
+        return fit
+
+    @field_validator("worker_config", mode="before")
+    @classmethod
+    def _plain_worker_runs_locally(cls, value: Any) -> Any:
+        if type(value) is Worker:
+            return LocalWorker(**value.model_dump())
+        return value
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self.task_name))
+
+    # ----------------------------------------------------------- declarations
+
+    @property
+    @abstractmethod
+    def task_name(self) -> str:
+        """Unique name of this task; names its log and meta directory."""
+
+    @property
+    @abstractmethod
+    def write_roi(self) -> Roi:
+        """Total region written by the task, in world units."""
+
+    @property
+    @abstractmethod
+    def write_size(self) -> Coordinate:
+        """Size of the region each block writes, in world units."""
+
+    @property
+    @abstractmethod
+    def context_size(self) -> Coordinate | tuple[Coordinate, Coordinate]:
+        """Extra region read around each block, in world units: one
+        Coordinate for both sides, or a (low, high) pair."""
+
+    @abstractmethod
+    def process_block_func(self) -> Any:
+        """A context manager yielding the function that processes one block.
+
+        Entered once per worker (setup such as opening arrays and DBs goes
+        before the ``yield``), the yielded function is called per block.
+        """
+
+    @property
+    def output_datasets(self) -> list[Dataset]:
+        """Arrays this task writes (dropped by `drop_artifacts`)."""
+        return []
+
+    @property
+    def output_paths(self) -> list[Path]:
+        """Arrays and files this task creates. In a pipeline, later tasks may
+        name them as inputs before they exist."""
+        return [Path(dataset.store) for dataset in self.output_datasets]
+
+    def produced_upstream(self, path: Path | str) -> bool:
+        """Whether an earlier task of the running pipeline creates ``path``."""
+        return str(Path(path).absolute()) in self._upstream_outputs
+
+    def init(self) -> None:
+        """One-time preparation before any block runs: create outputs."""
+
+    def check_config(self) -> None:
+        """Validate inputs and parameters that need I/O (called before `init`
+        and before any block runs). Raise `ValueError` naming the field."""
+
+    def drop_artifacts(self) -> None:
+        """Delete what the task wrote. Default: its `output_datasets`."""
+        for dataset in self.output_datasets:
+            dataset.drop()
+
+    # ------------------------------------------------------------- geometry
+
+    @property
+    def block_write_roi(self) -> Roi:
+        """The region one block writes, at offset zero."""
+        return Roi((0,) * self.write_size.dims, self.write_size)
+
+    @property
+    def context_low_high(self) -> tuple[Coordinate, Coordinate]:
+        context = self.context_size
+        if isinstance(context, Coordinate):
+            return context, context
+        low, high = context
+        return Coordinate(low), Coordinate(high)
+
+    @property
+    def block_read_roi(self) -> Roi:
+        """The region one block reads, relative to its write region's offset."""
+        low, high = self.context_low_high
+        return self.block_write_roi.grow(low, high)
+
+    def layout(self) -> dict[str, Any]:
+        """The block layout: what a block-tracking zarr is only valid for."""
+        low, high = self.context_low_high
+        return {
+            "write_roi": [list(self.write_roi.offset), list(self.write_roi.shape)],
+            "write_size": list(self.write_size),
+            "context_low": list(low),
+            "context_high": list(high),
+            "fit": self.fit,
+        }
+
+    def _check_geometry(self) -> None:
+        write_size, write_roi = self.write_size, self.write_roi
+        low, high = self.context_low_high
+        name = type(self).__name__
+        if write_roi.empty:
+            raise ValueError(
+                f"{name}: nothing to process: the write region {write_roi} is empty "
+                "(check roi against the input's extent)"
+            )
+        if write_size.dims != write_roi.dims:
+            raise ValueError(
+                f"{name}: block size {tuple(write_size)} has {write_size.dims} "
+                f"dimensions, the data has {write_roi.dims}"
+            )
+        if any(s <= 0 for s in write_size):
+            raise ValueError(f"{name}.block_size must be positive, got {tuple(write_size)}")
+        if any(c < 0 for c in (*low, *high)):
+            raise ValueError(f"{name}.context must not be negative")
+        voxel_size = getattr(self, "voxel_size", None)
+        if isinstance(voxel_size, Coordinate) and voxel_size.dims == write_size.dims:
+            for what, value in [("block size", write_size), ("context", low), ("context", high)]:
+                if value % voxel_size != Coordinate((0,) * value.dims):
+                    raise ValueError(
+                        f"{name}: {what} {tuple(value)} (world units) is not a "
+                        f"multiple of the voxel size {tuple(voxel_size)}"
+                    )
+
+    # ---------------------------------------------------------- meta data
+
+    @property
+    def meta_dir(self) -> Path:
+        """Directory of this task's logs, saved config and block tracking."""
+        return get_log_basedir() / f"{self.task_name}-meta"
+
+    @property
+    def config_file(self) -> Path:
+        """The task's config as JSON: what cluster workers load."""
+        return self.meta_dir / "config.json"
+
+    @property
+    def block_ds(self) -> Path:
+        """The zarr daisy records finished blocks in."""
+        return self.meta_dir / "blocks_done.zarr"
+
+    @property
+    def layout_file(self) -> Path:
+        return self.meta_dir / "layout.json"
+
+    def init_block_array(self) -> None:
+        """Create the meta directory and make sure existing block tracking was
+        made for this task's block layout."""
+        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        layout = self.layout()
+        if self.layout_file.exists():
+            stored = json.loads(self.layout_file.read_text())
+            changes = [
+                f"{key}: was {stored.get(key)}, now {layout[key]}"
+                for key in layout
+                if stored.get(key) != layout[key]
+            ]
+            if changes and self.block_ds.exists():
+                raise ValueError(
+                    f"task {self.task_name!r} has finished blocks recorded for another "
+                    "block layout:\n  "
+                    + "\n  ".join(changes)
+                    + "\nEither restore the old parameters to resume, or start over "
+                    f"with task.drop() (removes {self.meta_dir})."
+                )
+        self.layout_file.write_text(json.dumps(layout, indent=2))
+
+    def write_config(self) -> Path:
+        """Save this task as JSON in its meta directory and return the path."""
+        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        self.config_file.write_text(self.model_dump_json(indent=2))
+        return self.config_file
+
+    def check_block_func(self) -> Callable[[daisy.Block], bool]:
+        """A function telling whether a block is recorded as finished."""
+        block_ds, write_roi, write_size = self.block_ds, self.write_roi, self.write_size
+
+        def check_block(block: daisy.Block) -> bool:
+            if not block_ds.exists():
+                return False
+            done = zarr.open_array(str(block_ds / "done"), mode="r")
+            index = (block.write_roi.offset - write_roi.offset) / write_size
+            return bool(done[tuple(index)])
+
+        return check_block
+
+    def mark_block_done_func(self) -> Callable[[daisy.Block], None]:
+        """A function marking a processed block as successful. daisy records
+        successful blocks in `block_ds` itself when they are released."""
+
+        def mark_block_done(block: daisy.Block) -> None:
+            if block.status != daisy.BlockStatus.FAILED:
+                block.status = daisy.BlockStatus.SUCCESS
+
+        return mark_block_done
+
+    # ---------------------------------------------------------- execution
+
+    def process_blocks(self) -> None:
+        """Worker body: set up once, then process blocks until none are left."""
+        with self.process_block_func() as process_block:
+            threads = self.num_cache_workers or 1
+            if threads == 1:
+                _client_loop(process_block)
+                return
+            pool = [
+                threading.Thread(target=_client_loop, args=(process_block,), daemon=True)
+                for _ in range(threads)
+            ]
+            for thread in pool:
+                thread.start()
+            for thread in pool:
+                thread.join()
+
+    def worker_func(self) -> Callable[..., None]:
+        """The function each worker slot runs (in its own process)."""
+        if self.worker_config is None:
+            return self.process_blocks
+        config_file = self.write_config()
+        worker_config, task_name = self.worker_config, self.task_name
+
+        def run_worker(*, context: daisy.Context) -> None:
+            command = worker_config.get_command(config_file, task_name)
+            env = dict(os.environ, DAISY_CONTEXT=context.to_env())
+            result = subprocess.run(command, env=env)
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"worker command exited with code {result.returncode}: "
+                    + subprocess.list2cmdline(command)
+                )
+
+        return run_worker
+
+    def prepare_run(self) -> None:
+        """Everything that happens before blocks are handed out: checks, block
+        tracking, outputs. Errors here leave no block marked done."""
+        self._check_geometry()
+        self.check_config()
+        self.init_block_array()
+        self.init()
+        self.write_config()
+
+    @contextmanager
+    def task(
+        self,
+        upstream_tasks: daisy.Task | list[daisy.Task] | None = None,
+        multiprocessing: bool = True,
+    ) -> Iterator[daisy.Task]:
+        """Prepare the run and yield the `daisy.Task` for it.
+
+        In serial mode the block function's setup stays open until the
+        context exits, so the task must be run inside the ``with`` block.
+        """
+        self.prepare_run()
+        with ExitStack() as stack:
+            if multiprocessing:
+                process_function: Callable = self.worker_func()
+            else:
+                process_function = stack.enter_context(self.process_block_func())
+            yield self._daisy_task(process_function, upstream_tasks)
+
+    def _daisy_task(
+        self,
+        process_function: Callable,
+        upstream_tasks: daisy.Task | list[daisy.Task] | None,
+    ) -> daisy.Task:
+        low, high = self.context_low_high
+        kwargs = dict(
+            task_id=self.task_name,
+            total_roi=self.write_roi.grow(low, high),
+            read_roi=self.block_read_roi,
+            write_roi=self.block_write_roi,
+            process_function=process_function,
+            read_write_conflict=self.read_write_conflict,
+            fit=self.fit,
+            max_workers=self.num_workers,
+            max_retries=self.max_retries,
+            timeout=self.block_timeout,
+            done_marker_path=str(self.block_ds),
+        )
+        if not upstream_tasks:
+            return daisy.Task(**kwargs)
+        from daisy import v1_compat
+
+        upstream = upstream_tasks if isinstance(upstream_tasks, list) else [upstream_tasks]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return v1_compat.Task(upstream_tasks=upstream, **kwargs)
+
+    @property
+    def block_timeout(self) -> float:
+        """Seconds a block may run before it is killed and retried."""
+        return self.timeout if self.timeout is not None else DEFAULT_BLOCK_TIMEOUT_SECONDS
+
+    def run_blockwise(self, multiprocessing: bool = True) -> dict[str, Any]:
+        """Run the task; returns daisy's task states by task name (counts of
+        completed, skipped, failed and orphaned blocks)."""
+        from .pipeline import Pipeline
+
+        return Pipeline(self).run_blockwise(multiprocessing=multiprocessing)
+
+    def process_roi(self, roi: Roi, context: Coordinate | None = None) -> None:
+        """Process one region in this process, outside of daisy (for
+        debugging or interactive use). Outputs must have been prepared
+        (`init`)."""
+        read_roi = roi if context is None else roi.grow(context, context)
+        block = daisy.Block(read_roi, read_roi, roi)
+        with self.process_block_func() as process_block:
+            process_block(block)
+
+    def drop(self, drop_outputs: bool = False) -> None:
+        """Forget the task's progress (logs, config, block tracking) so the
+        next run starts over; with ``drop_outputs`` also delete its outputs."""
+        if self.meta_dir.exists():
+            shutil.rmtree(self.meta_dir)
+        if drop_outputs:
+            self.drop_artifacts()
+
+    def benchmark(self, multiprocessing: bool = True) -> dict[str, Any]:
+        """Run the task from scratch and report what it cost: wall and CPU
+        seconds and peak memory per block, from daisy's resource tracking.
+
+        Outputs are written as in a normal run, into the same places; block
+        tracking is reset first, so every block runs.
+        """
+        from .pipeline import Pipeline
+
+        self.drop(drop_outputs=False)
+        return Pipeline(self).benchmark(multiprocessing=multiprocessing)
+
+    # ------------------------------------------------------------ chaining
+
+    def __add__(self, other: BlockwiseTask | Pipeline) -> Pipeline:
+        """``a + b``: run ``b`` after ``a``."""
+        from .pipeline import Pipeline
+
+        return Pipeline(self) + other
+
+    def __or__(self, other: BlockwiseTask | Pipeline) -> Pipeline:
+        """``a | b``: run ``a`` and ``b`` side by side."""
+        from .pipeline import Pipeline
+
+        return Pipeline(self) | other
+
+
+def _client_loop(process_block: BlockFunction) -> None:
+    # A failed block is reported to daisy (with its traceback) by
+    # acquire_block and retried; the worker keeps its setup and goes on with
+    # the next block instead of dying. Errors of the connection itself end
+    # the worker.
+    client = daisy.Client()
+    while True:
+        block_error: Exception | None = None
+        try:
+            with client.acquire_block() as block:
+                if block is None:
+                    return
+                try:
+                    process_block(block)
+                except Exception as error:
+                    block_error = error
+                    raise
+        except Exception:
+            if block_error is None:
+                raise
+            logger.exception("block %s failed; daisy will retry it", block.block_id)
+
+
+def count_blocks(task: BlockwiseTask) -> int:
+    """How many blocks daisy will hand out for ``task``."""
+    low, high = task.context_low_high
+    graph = daisy.BlockwiseDependencyGraph(
+        task.task_name,
+        task.block_read_roi,
+        task.block_write_roi,
+        task.read_write_conflict,
+        task.fit,
+        total_read_roi=task.write_roi.grow(low, high),
+    )
+    return graph.num_blocks

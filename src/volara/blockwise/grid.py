@@ -1,0 +1,128 @@
+"""Tasks whose blocks tile the voxel grid of one input array.
+
+Most tasks read an array and write arrays (or graph nodes) on the same grid:
+the total region is the input's region (cut to `roi`), block size and
+context are given in voxels, and outputs are prepared with the input's voxel
+size, offset and units, chunked by block. That shared work lives here once.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+from funlib.persistence import Array
+
+from ..datasets import Dataset
+from ..utils import PydanticCoordinate
+from .blockwise import BlockwiseTask
+
+
+class GridTask(BlockwiseTask):
+    """A `BlockwiseTask` over the voxel grid of `grid_dataset`."""
+
+    block_size: PydanticCoordinate
+    """Size of the region each block writes, in voxels, one value per spatial
+    axis. Output arrays are chunked by it."""
+
+    @property
+    @abstractmethod
+    def grid_dataset(self) -> Dataset:
+        """The input whose voxel grid and extent the blocks follow."""
+
+    @property
+    def grid_array(self) -> Array:
+        return self.grid_dataset.array("r")
+
+    @property
+    def voxel_size(self) -> Coordinate:
+        """Voxel size of the grid, in world units."""
+        return self.grid_array.voxel_size
+
+    @property
+    def context_voxels(self) -> Coordinate:
+        """Context read around each block, in voxels (none by default)."""
+        return Coordinate((0,) * self.block_size.dims)
+
+    @property
+    def write_roi(self) -> Roi:
+        total = self.grid_array.roi
+        if self.roi is not None:
+            total = total.intersect(self.roi).snap_to_grid(self.voxel_size, mode="shrink")
+        return total
+
+    @property
+    def write_size(self) -> Coordinate:
+        return self.block_size * self.voxel_size
+
+    @property
+    def context_size(self) -> Coordinate:
+        return self.context_voxels * self.voxel_size
+
+    def check_config(self) -> None:
+        array = self.grid_array
+        name = type(self).__name__
+        if self.block_size.dims != array.voxel_size.dims:
+            raise ValueError(
+                f"{name}.block_size {tuple(self.block_size)} has {self.block_size.dims} "
+                f"values; {self.grid_dataset.store!s} has {array.voxel_size.dims} "
+                "spatial axes"
+            )
+        if self.context_voxels.dims != array.voxel_size.dims:
+            raise ValueError(
+                f"{name}.context {tuple(self.context_voxels)} has "
+                f"{self.context_voxels.dims} values; {self.grid_dataset.store!s} has "
+                f"{array.voxel_size.dims} spatial axes"
+            )
+        if self.roi is not None and self.roi.dims != array.voxel_size.dims:
+            raise ValueError(
+                f"{name}.roi has {self.roi.dims} dimensions; the data has "
+                f"{array.voxel_size.dims}"
+            )
+
+    def check_same_grid(self, field: str, dataset: Dataset) -> Array:
+        """Open ``dataset`` and make sure it has the grid's voxel size and
+        covers the write region; returns the opened array."""
+        array = dataset.array("r")
+        name = type(self).__name__
+        if array.voxel_size != self.voxel_size:
+            raise ValueError(
+                f"{name}.{field}: voxel size {tuple(array.voxel_size)} of "
+                f"{dataset.store!s} differs from {tuple(self.voxel_size)} of "
+                f"{self.grid_dataset.store!s}; resample one of them first"
+            )
+        if not array.roi.contains(self.write_roi):
+            raise ValueError(
+                f"{name}.{field}: {dataset.store!s} covers {array.roi}, which does not "
+                f"contain the region to process {self.write_roi}"
+            )
+        return array
+
+    def prepare_output(
+        self,
+        dataset: Dataset,
+        dtype: Any,
+        channels: Sequence[int] = (),
+        channel_names: Sequence[str] | None = None,
+    ) -> None:
+        """Prepare ``dataset`` on the grid: the write region, chunked by
+        block, with leading channel axes of the sizes in ``channels``."""
+        template = self.grid_array
+        spatial_dims = self.voxel_size.dims
+        spatial_names = list(template.axis_names[-spatial_dims:])
+        spatial_types = list(template.types[-spatial_dims:])
+        if channel_names is None:
+            channel_names = [f"c{i}^" for i in range(len(channels))]
+        dataset.prepare(
+            shape=(*channels, *(self.write_roi.shape / self.voxel_size)),
+            chunk_shape=(*channels, *self.block_size),
+            offset=self.write_roi.offset,
+            voxel_size=self.voxel_size,
+            units=list(template.units[-spatial_dims:]),
+            axis_names=[*channel_names, *spatial_names],
+            types=[*(["channel"] * len(channels)), *spatial_types],
+            dtype=np.dtype(dtype),
+        )

@@ -1,0 +1,176 @@
+"""Graphs of tasks, run by daisy in one go.
+
+``a + b`` runs ``b`` after ``a`` (every task of ``a`` without a successor
+feeds every task of ``b`` without a predecessor); ``a | b`` runs them side by
+side. daisy schedules the whole graph at once: a block of a downstream task
+starts as soon as the upstream blocks it reads are done, and never on top of a
+failed one.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from itertools import product
+from typing import TYPE_CHECKING, Any
+
+import daisy.v2 as daisy
+import networkx as nx
+
+from ..logging import ensure_daisy_log_basedir
+
+if TYPE_CHECKING:
+    from .blockwise import BlockwiseTask
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """A directed acyclic graph of `BlockwiseTask` s."""
+
+    task_graph: nx.DiGraph
+
+    def __init__(self, task: BlockwiseTask | None = None):
+        self.task_graph = nx.DiGraph()
+        if task is not None:
+            self.task_graph.add_node(task)
+
+    @classmethod
+    def from_graph(cls, graph: nx.DiGraph) -> Pipeline:
+        if not nx.is_directed_acyclic_graph(graph):
+            raise ValueError("a pipeline's task graph must not have cycles")
+        pipeline = cls()
+        pipeline.task_graph = graph
+        return pipeline
+
+    @property
+    def tasks(self) -> list[BlockwiseTask]:
+        """The tasks in an order that respects their dependencies."""
+        return list(nx.topological_sort(self.task_graph))
+
+    def _merged_with(self, other: Pipeline | BlockwiseTask) -> tuple[nx.DiGraph, Pipeline]:
+        other = _as_pipeline(other)
+        graph = nx.DiGraph()
+        graph.add_nodes_from(self.task_graph.nodes)
+        graph.add_edges_from(self.task_graph.edges)
+        graph.add_nodes_from(other.task_graph.nodes)
+        graph.add_edges_from(other.task_graph.edges)
+        return graph, other
+
+    def __add__(self, other: Pipeline | BlockwiseTask) -> Pipeline:
+        graph, other = self._merged_with(other)
+        sinks = [t for t in self.task_graph if self.task_graph.out_degree(t) == 0]
+        sources = [t for t in other.task_graph if other.task_graph.in_degree(t) == 0]
+        graph.add_edges_from(product(sinks, sources))
+        return Pipeline.from_graph(graph)
+
+    def __or__(self, other: Pipeline | BlockwiseTask) -> Pipeline:
+        graph, _ = self._merged_with(other)
+        return Pipeline.from_graph(graph)
+
+    def __radd__(self, other: BlockwiseTask) -> Pipeline:
+        return _as_pipeline(other) + self
+
+    def __ror__(self, other: BlockwiseTask) -> Pipeline:
+        return _as_pipeline(other) | self
+
+    def __repr__(self) -> str:
+        edges = ", ".join(f"{u.task_name} -> {v.task_name}" for u, v in self.task_graph.edges)
+        names = ", ".join(t.task_name for t in self.tasks)
+        return f"Pipeline(tasks=[{names}], edges=[{edges}])"
+
+    def _check_unique_names(self) -> None:
+        names = [task.task_name for task in self.task_graph]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"two tasks of this pipeline share the name(s) {duplicates}: they "
+                "would share logs and block tracking. Give their outputs different "
+                "names."
+            )
+
+    def run_blockwise(self, multiprocessing: bool = True, **daisy_options: Any) -> dict[str, Any]:
+        """Prepare every task (checks, outputs) in dependency order, then run
+        the whole graph in one daisy run.
+
+        Returns daisy's task states by task name. Extra keyword arguments go
+        to `daisy.run_blockwise` (e.g. ``progress=False``).
+        """
+        self._check_unique_names()
+        self._tell_tasks_their_upstream_outputs()
+        ensure_daisy_log_basedir()
+        with ExitStack() as stack:
+            daisy_tasks = {
+                task: stack.enter_context(task.task(multiprocessing=multiprocessing))
+                for task in self.tasks
+            }
+            pipeline = daisy.Pipeline(
+                list(daisy_tasks.values()),
+                [(daisy_tasks[u], daisy_tasks[v]) for u, v in self.task_graph.edges],
+            )
+            return daisy.run_blockwise(
+                pipeline,
+                multiprocessing=multiprocessing,
+                return_states=True,
+                **daisy_options,
+            )
+
+    def _tell_tasks_their_upstream_outputs(self) -> None:
+        for task in self.task_graph:
+            task._upstream_outputs = frozenset(
+                str(path.absolute())
+                for upstream in nx.ancestors(self.task_graph, task)
+                for path in upstream.output_paths
+            )
+
+    def benchmark(self, multiprocessing: bool = True) -> dict[str, Any]:
+        """Run the pipeline with daisy's per-block resource tracking and
+        return, per task, daisy's aggregated figures (wall and CPU seconds,
+        peak memory)."""
+        self._check_unique_names()
+        self._tell_tasks_their_upstream_outputs()
+        ensure_daisy_log_basedir()
+        with ExitStack() as stack:
+            daisy_tasks = {}
+            for task in self.tasks:
+                daisy_task = stack.enter_context(task.task(multiprocessing=multiprocessing))
+                daisy_tasks[task] = _with_resource_tracking(daisy_task)
+            pipeline = daisy.Pipeline(
+                list(daisy_tasks.values()),
+                [(daisy_tasks[u], daisy_tasks[v]) for u, v in self.task_graph.edges],
+            )
+            server = daisy.Server()
+            server.run_blockwise(pipeline)
+            return dict(server.last_tracking_summary or {})
+
+    def drop(self, drop_outputs: bool = False) -> None:
+        """`BlockwiseTask.drop` every task of the pipeline."""
+        for task in self.task_graph:
+            task.drop(drop_outputs=drop_outputs)
+
+
+def _as_pipeline(value: Pipeline | BlockwiseTask) -> Pipeline:
+    from .blockwise import BlockwiseTask
+
+    if isinstance(value, Pipeline):
+        return value
+    if isinstance(value, BlockwiseTask):
+        return Pipeline(value)
+    raise TypeError(f"cannot chain a {type(value).__name__} into a pipeline")
+
+
+def _with_resource_tracking(task: daisy.Task) -> daisy.Task:
+    return daisy.Task(
+        task_id=task.task_id,
+        total_roi=task.total_roi,
+        read_roi=task.read_roi,
+        write_roi=task.write_roi,
+        process_function=task.process_function,
+        read_write_conflict=task.read_write_conflict,
+        fit=task.fit,
+        max_workers=task.max_workers,
+        max_retries=task.max_retries,
+        timeout=task.timeout_secs,
+        done_marker_path=task.done_marker_path,
+        resource_tracking=True,
+    )

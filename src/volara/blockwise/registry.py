@@ -1,0 +1,177 @@
+"""Find task classes by ``task_type``, and load tasks and pipelines from
+JSON / YAML configs.
+
+Built-in tasks and plugin tasks are found the same way: through the
+``volara.blockwise_tasks`` entry points, read on first use. A config names its
+task by ``task_type``; that is all a cluster worker needs to rebuild it.
+
+Config files are plain data: they are parsed with ``json`` or
+``yaml.safe_load`` and validated by the task models. Nothing in them is
+evaluated or unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from .blockwise import BlockwiseTask
+    from .pipeline import Pipeline
+
+logger = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "volara.blockwise_tasks"
+
+_registry: dict[str, type[BlockwiseTask]] = {}
+_entry_points_loaded = False
+
+
+def register_task(task_class: type[BlockwiseTask]) -> None:
+    """Make ``task_class`` findable by its ``task_type``. Plugins normally
+    register through entry points instead."""
+    task_type = _task_type_of(task_class)
+    known = _registry.get(task_type)
+    if known is not None and known is not task_class:
+        raise ValueError(
+            f"task_type {task_type!r} is claimed by both {_qualname(known)} and "
+            f"{_qualname(task_class)}"
+        )
+    _registry[task_type] = task_class
+
+
+def _task_type_of(task_class: type[BlockwiseTask]) -> str:
+    field = task_class.model_fields.get("task_type")
+    if field is None or not isinstance(field.default, str):
+        raise TypeError(
+            f"{_qualname(task_class)} needs a `task_type: Literal[...] = ...` field "
+            "with a default to be registered"
+        )
+    return field.default
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    from . import BUILTIN_TASKS
+
+    for task_class in BUILTIN_TASKS:
+        register_task(task_class)
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            task_class = entry_point.load()
+        except Exception as e:
+            logger.warning(
+                "could not load volara task plugin %r (%s): %s",
+                entry_point.name,
+                entry_point.value,
+                e,
+            )
+            continue
+        register_task(task_class)
+
+
+def available_task_types() -> list[str]:
+    """Every known ``task_type``, built in or from plugins."""
+    _load_entry_points()
+    return sorted(_registry)
+
+
+def get_task(task_type: str) -> type[BlockwiseTask]:
+    """The task class registered for ``task_type``."""
+    _load_entry_points()
+    try:
+        return _registry[task_type]
+    except KeyError:
+        raise ValueError(
+            f"unknown task_type {task_type!r}; known task types: "
+            f"{', '.join(available_task_types())}. A plugin task must be installed "
+            f"and registered under the {ENTRY_POINT_GROUP!r} entry points."
+        ) from None
+
+
+def load_task(config: dict[str, Any]) -> BlockwiseTask:
+    """Build a task from its config dict (as written by ``model_dump``)."""
+    if not isinstance(config, dict) or "task_type" not in config:
+        raise ValueError("a task config is a mapping with a 'task_type' key")
+    return get_task(config["task_type"]).model_validate(config)
+
+
+def task_config(task: BlockwiseTask) -> dict[str, Any]:
+    """A task as plain JSON-compatible data (with its ``task_type``)."""
+    return task.model_dump(mode="json")
+
+
+def pipeline_config(pipeline: Pipeline | BlockwiseTask) -> dict[str, Any]:
+    """A task or pipeline as ``{"tasks": [...], "edges": [[i, j], ...]}``,
+    where an edge ``[i, j]`` runs task ``j`` after task ``i``."""
+    from .pipeline import _as_pipeline
+
+    pipeline = _as_pipeline(pipeline)
+    tasks = pipeline.tasks
+    index = {id(task): i for i, task in enumerate(tasks)}
+    return {
+        "tasks": [task_config(task) for task in tasks],
+        "edges": [[index[id(u)], index[id(v)]] for u, v in pipeline.task_graph.edges],
+    }
+
+
+def load_pipeline(config: dict[str, Any]) -> Pipeline:
+    """Build a pipeline from `pipeline_config` data. A single task config is
+    accepted too."""
+    import networkx as nx
+
+    from .pipeline import Pipeline
+
+    if "task_type" in config:
+        return Pipeline(load_task(config))
+    if not isinstance(config.get("tasks"), list):
+        raise ValueError("a pipeline config is a mapping with a 'tasks' list")
+    tasks = [load_task(task) for task in config["tasks"]]
+    graph = nx.DiGraph()
+    graph.add_nodes_from(tasks)
+    for edge in config.get("edges", []):
+        if (
+            not isinstance(edge, list | tuple)
+            or len(edge) != 2
+            or not all(isinstance(i, int) and 0 <= i < len(tasks) for i in edge)
+        ):
+            raise ValueError(
+                f"pipeline edge {edge!r}: expected [i, j] with task indices below "
+                f"{len(tasks)}"
+            )
+        graph.add_edge(tasks[edge[0]], tasks[edge[1]])
+    return Pipeline.from_graph(graph)
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """Parse a JSON (``.json``) or YAML (anything else) config file."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file holds a mapping, got {type(data).__name__}")
+    return data
+
+
+def dump_config(data: dict[str, Any], path: Path | str) -> None:
+    """Write config data as JSON (``.json``) or YAML (anything else)."""
+    path = Path(path)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(data, indent=2))
+    else:
+        path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,74 @@
+"""Relabel: fragments to segments through a look-up table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import numpy as np
+
+from ..datasets import Dataset, Labels
+from ..kernels.relabel import relabel, sorted_mapping
+from ..lut import LUT
+from .grid import GridTask
+
+
+class Relabel(GridTask):
+    """Write ``lut[fragment]`` for every voxel of ``frags_data``.
+
+    Fragment ids missing from the table keep their id; 0 stays background
+    unless the table maps it.
+    """
+
+    task_type: Literal["relabel"] = "relabel"
+    frags_data: Labels
+    """The fragments to relabel."""
+    seg_data: Labels
+    """The output segmentation, uint64, on the grid of ``frags_data``."""
+    lut: LUT
+    """The look-up table from fragment ids to segment ids (e.g. written by
+    `GraphMWS`)."""
+    fit: Literal["shrink"] = "shrink"
+    read_write_conflict: Literal[False] = False
+    _out_array_dtype: np.dtype = np.dtype(np.uint64)
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.seg_data.name}-{self.task_type}"
+
+    @property
+    def grid_dataset(self) -> Dataset:
+        return self.frags_data
+
+    @property
+    def output_datasets(self) -> list[Dataset]:
+        return [self.seg_data]
+
+    def check_config(self) -> None:
+        super().check_config()
+        if not self.produced_upstream(self.lut.file):
+            self.lut.check_readable()
+
+    def init(self) -> None:
+        self.prepare_output(self.seg_data, np.uint64)
+
+    @contextmanager
+    def process_block_func(self) -> Iterator:
+        fragments = self.frags_data.array("r")
+        segments = self.seg_data.array("r+")
+        lut = self.lut
+        mapping: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def process_block(block) -> None:
+            # Loaded on the first block, not at setup: in a pipeline the
+            # worker may start before the task writing the table has finished.
+            if not mapping:
+                table = lut.load()
+                if table is None:
+                    raise FileNotFoundError(f"LUT.path: no look-up table at {lut.file}")
+                mapping.append(sorted_mapping(table[0], table[1]))
+            src, dst = mapping[0]
+            segments[block.write_roi] = relabel(fragments[block.write_roi], src, dst)
+
+        yield process_block

@@ -1,0 +1,367 @@
+"""Zarr datasets as configs: where an array lives and how to read it.
+
+A dataset model is only a description (a path and optional metadata
+overrides); `Dataset.array` opens it as a `funlib.persistence.Array`, indexed
+by `Roi` in world units. The subclasses say what the array holds, which
+decides the attributes written next to it (`Affs` writes its neighborhood) and
+the lazy operations applied on reading (`Raw` selects channels, normalizes,
+stacks).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import zarr
+from funlib.geometry import Coordinate
+from funlib.persistence import Array, open_ds, prepare_ds
+from pydantic import Field, field_validator
+
+from .utils import OpenMode, PydanticCoordinate, StrictBaseModel
+
+logger = logging.getLogger(__name__)
+
+
+class Dataset(StrictBaseModel, ABC):
+    """A zarr array used as the input or output of a task.
+
+    The metadata fields override what is stored with the array; leave them
+    unset to use the array's own metadata.
+    """
+
+    store: Path | str
+    """Path of the zarr array, e.g. ``data.zarr/raw``. Local paths only."""
+    voxel_size: PydanticCoordinate | None = None
+    """Size of one voxel in world units (e.g. nm), one value per spatial axis.
+    Overrides the array's metadata."""
+    offset: PydanticCoordinate | None = None
+    """World coordinate of the first voxel, one value per spatial axis.
+    Overrides the array's metadata."""
+    axis_names: list[str] | None = None
+    """Names of all axes (channel axes end in ``^`` by convention)."""
+    units: list[str] | None = None
+    """Unit of each spatial axis, e.g. ``["nm", "nm", "nm"]``."""
+
+    @property
+    def name(self) -> str:
+        """The last component of the store path. Task names are built from it,
+        so two runs writing differently named datasets keep separate logs and
+        block tracking."""
+        return Path(str(self.store).rstrip("/")).name
+
+    @property
+    @abstractmethod
+    def attrs(self) -> dict[str, Any]:
+        """Attributes written into the zarr array's metadata on `prepare`."""
+
+    def exists(self) -> bool:
+        """Whether a zarr array is stored at `store`."""
+        try:
+            return isinstance(zarr.open(str(self.store), mode="r"), zarr.Array)
+        except (FileNotFoundError, zarr.errors.NodeTypeValidationError):
+            return False
+        except Exception:
+            return False
+
+    def array(self, mode: OpenMode = "r") -> Array:
+        """Open the array, with this model's metadata overrides and lazy ops."""
+        overrides = {
+            "voxel_size": self.voxel_size,
+            "offset": self.offset,
+            "axis_names": self.axis_names,
+            "units": self.units,
+        }
+        try:
+            array = open_ds(
+                str(self.store),
+                mode=mode,
+                **{k: v for k, v in overrides.items() if v is not None},
+            )
+        except (FileNotFoundError, TypeError) as e:
+            raise FileNotFoundError(
+                f"{type(self).__name__}.store: no zarr array at {self.store!s}. "
+                "Check the path, or run the task that writes it first."
+            ) from e
+        self._apply_lazy_ops(array)
+        return array
+
+    def _apply_lazy_ops(self, array: Array) -> None:
+        """Subclasses add lazy operations (channel selection, normalization)."""
+
+    def prepare(
+        self,
+        shape: Sequence[int],
+        chunk_shape: Sequence[int],
+        offset: Sequence[int],
+        voxel_size: Sequence[int],
+        units: Sequence[str] | None,
+        axis_names: Sequence[str] | None,
+        types: Sequence[str] | None,
+        dtype: Any,
+    ) -> None:
+        """Create the array, or reuse an existing one with the same layout.
+
+        ``shape`` and ``chunk_shape`` are in voxels and include channel axes;
+        ``offset`` and ``voxel_size`` are in world units, spatial axes only.
+        An existing array with a different shape, chunking, dtype, offset or
+        voxel size is an error listing each difference; it is never
+        overwritten (call `drop` first to start over).
+        """
+        shape = tuple(int(s) for s in shape)
+        chunk_shape = tuple(int(c) for c in chunk_shape)
+        offset = Coordinate(offset)
+        voxel_size = Coordinate(voxel_size)
+        dtype = np.dtype(dtype)
+        if self.exists():
+            self._check_compatible(shape, chunk_shape, offset, voxel_size, dtype)
+            mode = "r+"
+        else:
+            mode = "w"
+        try:
+            array = prepare_ds(
+                str(self.store),
+                shape=shape,
+                offset=offset,
+                voxel_size=voxel_size,
+                axis_names=list(axis_names) if axis_names is not None else None,
+                units=list(units) if units is not None else None,
+                types=list(types) if types is not None else None,
+                chunk_shape=chunk_shape,
+                dtype=dtype,
+                mode=mode,
+            )
+        except PermissionError as e:
+            raise PermissionError(
+                f"{type(self).__name__}.store: cannot write {self.store!s} "
+                f"({e}). Choose a writable location."
+            ) from e
+        except OSError as e:
+            raise OSError(
+                f"{type(self).__name__}.store: cannot create {self.store!s} "
+                f"({e}). Choose a writable location."
+            ) from e
+        if self.attrs:
+            array._source_data.attrs.update(_jsonable(self.attrs))
+
+    def _check_compatible(
+        self,
+        shape: tuple[int, ...],
+        chunk_shape: tuple[int, ...],
+        offset: Coordinate,
+        voxel_size: Coordinate,
+        dtype: np.dtype,
+    ) -> None:
+        existing = open_ds(str(self.store), mode="r")
+        differences = [
+            f"{what}: given {given}, found {found}"
+            for what, given, found in [
+                ("shape (voxels)", shape, tuple(existing.shape)),
+                ("chunk shape (voxels)", chunk_shape, tuple(existing._source_data.chunks)),
+                ("dtype", dtype, existing.dtype),
+                ("offset (world units)", tuple(offset), tuple(existing.offset)),
+                ("voxel size (world units)", tuple(voxel_size), tuple(existing.voxel_size)),
+            ]
+            if given != found
+        ]
+        if differences:
+            raise ValueError(
+                f"{type(self).__name__}.store: the existing array at {self.store!s} "
+                "does not match what this task would write:\n  "
+                + "\n  ".join(differences)
+                + "\nDelete it (dataset.drop() or task.drop(drop_outputs=True)) "
+                "or write to another store."
+            )
+
+    def drop(self) -> None:
+        """Delete the array from disk. Does nothing if it does not exist."""
+        path = Path(self.store)
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | Coordinate):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class Raw(Dataset):
+    """Intensities (EM, fluorescence, probabilities), read as float32 when a
+    normalization is set."""
+
+    dataset_type: Literal["raw"] = "raw"
+    channels: list[int] | None = None
+    """Channels to keep, by index along the first (channel) axis, in this order.
+    ``None`` keeps every channel."""
+    ome_norm: Path | str | None = None
+    """Path of an OME-Zarr group whose ``omero`` metadata gives, per channel, a
+    ``window`` with ``min`` and ``max``; intensities are mapped to
+    ``(value - min) / (max - min)``."""
+    scale_shift: tuple[float, float] | None = None
+    """``(scale, shift)``: intensities are read as ``value * scale + shift``
+    (float32), e.g. ``(1/255, 0)`` for uint8 data."""
+    stack: AnyDataset | None = None
+    """Another dataset of the same spatial shape whose channels are appended
+    after this one's (after this dataset's own channel selection and
+    normalization)."""
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        bounds = self.bounds
+        return {"bounds": bounds} if bounds is not None else {}
+
+    @property
+    def bounds(self) -> list[tuple[float, float]] | None:
+        """Per-channel ``(min, max)`` from the OMERO metadata of ``ome_norm``."""
+        if self.ome_norm is None:
+            return None
+        group = zarr.open_group(str(self.ome_norm), mode="r")
+        try:
+            channels = group.attrs["omero"]["channels"]  # type: ignore[index,call-overload]
+            return [
+                (float(c["window"]["min"]), float(c["window"]["max"]))
+                for c in channels  # type: ignore[union-attr]
+            ]
+        except (KeyError, TypeError) as e:
+            raise ValueError(
+                f"Raw.ome_norm: {self.ome_norm!s} has no omero/channels/window "
+                "metadata to normalize with"
+            ) from e
+
+    def _apply_lazy_ops(self, array: Array) -> None:
+        if self.channels is not None:
+            array.lazy_op(np.s_[list(self.channels),])
+        bounds = self.bounds
+        if bounds is not None:
+            if self.channels is not None:
+                bounds = [bounds[c] for c in self.channels]
+            array.lazy_op(_OmeNormalize(bounds))
+        if self.scale_shift is not None:
+            array.lazy_op(_ScaleShift(*self.scale_shift))
+        if self.stack is not None:
+            array.lazy_op(_StackWith(self.stack))
+
+
+class _ScaleShift:
+    def __init__(self, scale: float, shift: float):
+        self.scale, self.shift = scale, shift
+
+    def __call__(self, data):
+        return data.astype(np.float32) * np.float32(self.scale) + np.float32(self.shift)
+
+
+class _OmeNormalize:
+    def __init__(self, bounds: list[tuple[float, float]]):
+        self.bounds = bounds
+
+    def __call__(self, data):
+        lows = np.array([b[0] for b in self.bounds], dtype=np.float32)
+        spans = np.array([b[1] - b[0] for b in self.bounds], dtype=np.float32)
+        expand = (slice(None),) + (None,) * (data.ndim - 1)
+        return (data.astype(np.float32) - lows[expand]) / spans[expand]
+
+
+class _StackWith:
+    def __init__(self, other: Dataset):
+        self.other = other
+
+    def __call__(self, data):
+        import dask.array as da
+
+        other = self.other.array("r").data
+        if other.ndim == data.ndim - 1:
+            other = other[None]
+        if data.ndim == other.ndim - 1:
+            data = data[None]
+        return da.concatenate([data, other.astype(data.dtype)], axis=0)
+
+
+class Affs(Dataset):
+    """Affinities: one channel per offset of the neighborhood, values in [0, 1]
+    (or uint8 in [0, 255]). A channel's value at voxel ``x`` is the affinity
+    between ``x`` and ``x + offset``."""
+
+    dataset_type: Literal["affs"] = "affs"
+    neighborhood: list[PydanticCoordinate] | None = None
+    """The offsets of the affinity channels, in voxels, one per channel, e.g.
+    ``[[1, 0, 0], [0, 1, 0], [0, 0, 1]]``. Read from the array's
+    ``neighborhood`` attribute when not given; given and stored must agree."""
+
+    @field_validator("neighborhood")
+    @classmethod
+    def _non_empty(cls, value):
+        if value is not None and len(value) == 0:
+            raise ValueError("neighborhood is empty: give at least one offset")
+        if value is not None and len({c.dims for c in value}) > 1:
+            raise ValueError(
+                f"neighborhood offsets differ in dimensions: {[tuple(c) for c in value]}"
+            )
+        return value
+
+    def model_post_init(self, context: Any) -> None:
+        stored = self._stored_neighborhood()
+        if self.neighborhood is None:
+            if stored is None:
+                raise ValueError(
+                    f"Affs.neighborhood: not given, and {self.store!s} has no "
+                    "'neighborhood' attribute to read it from. Pass "
+                    "neighborhood=[[1, 0, 0], [0, 1, 0], [0, 0, 1], ...] (voxels)."
+                )
+            self.neighborhood = stored
+        elif stored is not None and [tuple(c) for c in stored] != [
+            tuple(c) for c in self.neighborhood
+        ]:
+            raise ValueError(
+                f"Affs.neighborhood: given {[tuple(c) for c in self.neighborhood]} "
+                f"but {self.store!s} stores {[tuple(c) for c in stored]}"
+            )
+
+    def _stored_neighborhood(self) -> list[Coordinate] | None:
+        if not self.exists():
+            return None
+        attrs = zarr.open(str(self.store), mode="r").attrs
+        if "neighborhood" not in attrs:
+            return None
+        return [Coordinate(offset) for offset in attrs["neighborhood"]]  # type: ignore[union-attr]
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {"neighborhood": [list(c) for c in self.neighborhood or []]}
+
+
+class LSD(Dataset):
+    """Local shape descriptors (multi-channel float array)."""
+
+    dataset_type: Literal["lsd"] = "lsd"
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {"lsds": True}
+
+
+class Labels(Dataset):
+    """Integer labels: fragments, segments, masks. 0 is background."""
+
+    dataset_type: Literal["labels"] = "labels"
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {}
+
+
+AnyDataset = Annotated[Raw | Affs | LSD | Labels, Field(discriminator="dataset_type")]
+"""Any built-in dataset, resolved from JSON by its ``dataset_type``."""
+
+Raw.model_rebuild()

@@ -1,0 +1,375 @@
+"""Graph databases of fragments (nodes) and their adjacencies (edges).
+
+A DB model describes where the graph lives and which attributes its nodes and
+edges carry; `DB.open` returns the `funlib.persistence` graph database that
+does the reading and writing. Every node has a ``position`` (center of mass,
+world units), a ``size`` (voxels) and a ``filtered`` flag; every edge a
+``distance`` (world units). Tasks add their own attributes through
+``node_attrs`` / ``edge_attrs``.
+
+funlib.persistence builds SQL by string formatting, so every table, column and
+database name is checked to be a plain identifier before it reaches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sqlite3
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from funlib.persistence.graphs import PgSQLGraphDatabase, SQLiteGraphDataBase
+from funlib.persistence.graphs.graph_database import GraphDataBase
+from funlib.persistence.types import Vec
+from pydantic import Field, field_validator
+
+from .utils import StrictBaseModel, check_identifier
+
+logger = logging.getLogger(__name__)
+
+AttrsDict = dict[str, Any]
+
+_SCALAR_TYPES: dict[str, type] = {"float": float, "int": int, "bool": bool, "str": str}
+_VEC_TYPE = re.compile(r"^Vec\(\s*(float|int|bool)\s*,\s*(\d+)\s*\)$")
+SQLITE_BUSY_TIMEOUT_MS = 120_000
+
+
+def parse_attr_type(name: str, spec: str | int) -> Any:
+    """The funlib type of an attribute spec: ``"float"``, ``"int"``,
+    ``"bool"``, ``"str"``, ``"Vec(float, 3)"`` or an integer ``n`` (a vector
+    of ``n`` floats). Anything else is refused (specs are never evaluated)."""
+    if isinstance(spec, bool):
+        raise ValueError(f"attribute {name!r}: type {spec!r} is not a type spec")
+    if isinstance(spec, int):
+        if spec < 1:
+            raise ValueError(f"attribute {name!r}: vector length {spec} must be >= 1")
+        return Vec(float, spec)
+    if spec in _SCALAR_TYPES:
+        return _SCALAR_TYPES[spec]
+    match = _VEC_TYPE.match(spec)
+    if match:
+        return Vec(_SCALAR_TYPES[match.group(1)], int(match.group(2)))
+    raise ValueError(
+        f"attribute {name!r}: unknown type {spec!r}; use 'float', 'int', 'bool', "
+        "'str', 'Vec(float, N)' or an integer N for N floats"
+    )
+
+
+class DB(StrictBaseModel, ABC):
+    """What every graph database has: the attributes of its nodes and edges."""
+
+    node_attrs: dict[str, str | int] | None = None
+    """Extra node attributes and their types, added to the defaults
+    (``position``, ``size``, ``filtered``), e.g. ``{"raw_intensity": "float"}``.
+    Types: ``"float"``, ``"int"``, ``"bool"``, ``"str"``, ``"Vec(float, N)"``
+    or an integer N for a vector of N floats."""
+    edge_attrs: dict[str, str | int] | None = None
+    """Extra edge attributes and their types, added to the default
+    (``distance``), e.g. ``{"adj_weight": "float", "lr_weight": "float"}``.
+    Tasks such as `AffAgglom` write their scores into these columns."""
+    ndim: int = 3
+    """Number of spatial dimensions of node positions."""
+
+    @field_validator("node_attrs", "edge_attrs")
+    @classmethod
+    def _check_attrs(cls, attrs):
+        for name, spec in (attrs or {}).items():
+            check_identifier(name, "attribute name")
+            parse_attr_type(name, spec)
+        return attrs
+
+    @field_validator("ndim")
+    @classmethod
+    def _check_ndim(cls, ndim):
+        if ndim < 2:
+            raise ValueError(f"ndim must be at least 2, got {ndim}")
+        return ndim
+
+    @property
+    def default_node_attrs(self) -> AttrsDict:
+        """``position`` (center of mass, world units), ``size`` (voxels) and
+        ``filtered`` (dropped by a fragment filter)."""
+        return {"position": Vec(float, self.ndim), "size": int, "filtered": bool}
+
+    @property
+    def default_edge_attrs(self) -> AttrsDict:
+        """``distance``: distance between the two fragments' centers of mass,
+        in world units."""
+        return {"distance": float}
+
+    @property
+    def graph_attrs(self) -> tuple[AttrsDict, AttrsDict]:
+        """All node and edge attribute types: the defaults plus the user's."""
+        nodes = {
+            name: parse_attr_type(name, spec)
+            for name, spec in (self.node_attrs or {}).items()
+        }
+        edges = {
+            name: parse_attr_type(name, spec)
+            for name, spec in (self.edge_attrs or {}).items()
+        }
+        return {**self.default_node_attrs, **nodes}, {**self.default_edge_attrs, **edges}
+
+    @property
+    @abstractmethod
+    def id(self) -> str:
+        """A short name of this database, used in task names."""
+
+    @abstractmethod
+    def _connect(self, mode: str, with_attrs: bool = True) -> GraphDataBase:
+        """Open the backend; ``mode`` is funlib's ``r``, ``r+`` or ``w``."""
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the graph tables and metadata have been created."""
+
+    def open(self, mode: str = "r") -> GraphDataBase:
+        """Open the graph database (``r``: read, ``r+``: read and write,
+        ``w``: create, deleting what was there)."""
+        if mode not in ("r", "r+", "w"):
+            raise ValueError(f"mode must be 'r', 'r+' or 'w', got {mode!r}")
+        if mode != "w":
+            self._check_stored_attrs()
+        return self._connect(mode)
+
+    def init(self) -> None:
+        """Create the database if it does not exist yet; check that an existing
+        one has the attributes this config names."""
+        if self.exists():
+            self._check_stored_attrs()
+        else:
+            self._connect("w").close()  # type: ignore[attr-defined]
+
+    def _check_stored_attrs(self) -> None:
+        if not self.exists():
+            raise FileNotFoundError(
+                f"{type(self).__name__}: no graph database at {self.location}. "
+                "Run the task that creates it first (e.g. ExtractFrags), or call "
+                "db.init()."
+            )
+        stored = self._connect("r", with_attrs=False)
+        try:
+            want_nodes, want_edges = self.graph_attrs
+            problems = _attr_differences("node", want_nodes, stored.node_attrs)
+            problems += _attr_differences("edge", want_edges, stored.edge_attrs)
+        finally:
+            stored.close()  # type: ignore[attr-defined]
+        if problems:
+            raise ValueError(
+                f"{type(self).__name__}: the database at {self.location} was created "
+                "with other attributes than this config names:\n  "
+                + "\n  ".join(problems)
+                + "\nUse the same node_attrs/edge_attrs as when it was created, or "
+                "drop it (db.drop()) to start over."
+            )
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the database lives, for messages."""
+
+    @abstractmethod
+    def drop(self) -> None:
+        """Delete all nodes, edges and metadata."""
+
+    def drop_edges(self) -> None:
+        """Delete all edges, keeping nodes and metadata."""
+        if not self.exists():
+            return
+        db = self._connect("r+")
+        try:
+            db._drop_edges()  # type: ignore[attr-defined]
+            db._create_tables()  # type: ignore[attr-defined]
+            db._commit()  # type: ignore[attr-defined]
+        finally:
+            db.close()  # type: ignore[attr-defined]
+
+
+def _attr_differences(kind: str, wanted: AttrsDict, stored: AttrsDict) -> list[str]:
+    problems = []
+    for name, attr_type in wanted.items():
+        if name not in stored:
+            problems.append(f"{kind} attribute {name!r} is missing from the database")
+        elif stored[name] != attr_type:
+            problems.append(
+                f"{kind} attribute {name!r}: config says {attr_type}, database has "
+                f"{stored[name]}"
+            )
+    return problems
+
+
+class SQLite(DB):
+    """A graph in an SQLite file: no server needed; fine for many workers on
+    one machine."""
+
+    db_type: Literal["sqlite"] = "sqlite"
+    """Tag that selects this class when a config is loaded."""
+    path: Path
+    """The SQLite file. A JSON file ``<stem>-meta.json`` beside it holds the
+    graph's metadata."""
+
+    @property
+    def id(self) -> str:
+        return self.path.stem
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path.parent / f"{self.path.stem}-meta.json"
+
+    def exists(self) -> bool:
+        return self.path.exists() and self.meta_path.exists()
+
+    def _connect(self, mode: str, with_attrs: bool = True) -> SQLiteGraphDataBase:
+        node_attrs, edge_attrs = self.graph_attrs if with_attrs else (None, None)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = SQLiteGraphDataBase(
+                self.path,
+                position_attribute="position",
+                node_attrs=node_attrs,  # type: ignore[arg-type]
+                edge_attrs=edge_attrs,  # type: ignore[arg-type]
+                mode=mode,
+            )
+        except (sqlite3.OperationalError, PermissionError) as e:
+            raise PermissionError(
+                f"SQLite.path: cannot open {self.path} ({e}). Choose a writable "
+                "location."
+            ) from e
+        # Several workers write one file at once: WAL lets readers and a writer
+        # proceed together, and the busy timeout makes writers queue instead of
+        # failing with "database is locked".
+        db.con.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        db.con.execute("PRAGMA journal_mode=WAL")
+        return db
+
+    def drop(self) -> None:
+        for path in (
+            self.path,
+            self.meta_path,
+            Path(f"{self.path}-wal"),
+            Path(f"{self.path}-shm"),
+        ):
+            if path.exists():
+                path.unlink()
+
+
+class PostgreSQL(DB):
+    """A graph in a PostgreSQL database: for many workers on many machines.
+    The database is created on first use."""
+
+    db_type: Literal["postgresql"] = "postgresql"
+    """Tag that selects this class when a config is loaded."""
+    host: str = "localhost"
+    """Host name or address of the PostgreSQL server."""
+    port: int | None = None
+    """Port of the server; ``None`` uses the default (5432)."""
+    name: str = "volara"
+    """Database name (lowercase letters, digits and underscores)."""
+    user: str | None = None
+    """User to connect as; ``None`` uses the current user / PGUSER."""
+    password: str | None = None
+    """Password; ``None`` relies on trust auth, ``.pgpass`` or PGPASSWORD."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name):
+        check_identifier(name, "PostgreSQL.name")
+        if name != name.lower():
+            raise ValueError(
+                f"PostgreSQL.name {name!r}: use lowercase; PostgreSQL folds unquoted "
+                "names to lowercase, so this database could not be reopened"
+            )
+        return name
+
+    @property
+    def id(self) -> str:
+        return self.name
+
+    @property
+    def location(self) -> str:
+        return f"postgresql://{self.host}:{self.port or 5432}/{self.name}"
+
+    def _connect(self, mode: str, with_attrs: bool = True) -> PgSQLGraphDatabase:
+        import psycopg2
+
+        node_attrs, edge_attrs = self.graph_attrs if with_attrs else (None, None)
+        try:
+            return PgSQLGraphDatabase(
+                position_attribute="position",
+                db_name=self.name,
+                db_host=self.host,
+                db_user=self.user,
+                db_password=self.password,
+                db_port=self.port,
+                node_attrs=node_attrs,  # type: ignore[arg-type]
+                edge_attrs=edge_attrs,  # type: ignore[arg-type]
+                mode=mode,
+            )
+        except psycopg2.OperationalError as e:
+            raise ConnectionError(
+                f"PostgreSQL: cannot connect to {self.location} as "
+                f"{self.user or 'the current user'}: {str(e).strip()}. Check host, "
+                "port, user and password, and that the server is running."
+            ) from e
+
+    def _server_connection(self, database: str):
+        import psycopg2
+
+        try:
+            return psycopg2.connect(
+                host=self.host,
+                port=self.port,
+                user=self.user,
+                password=self.password,
+                dbname=database,
+                connect_timeout=10,
+            )
+        except psycopg2.OperationalError as e:
+            raise ConnectionError(
+                f"PostgreSQL: cannot connect to {self.location}: {str(e).strip()}. "
+                "Check host, port, user and password, and that the server is running."
+            ) from e
+
+    def check_connection(self) -> None:
+        """Raise a `ConnectionError` naming the server if it cannot be reached."""
+        self._server_connection("postgres").close()
+
+    def exists(self) -> bool:
+        import psycopg2
+
+        server = self._server_connection("postgres")
+        try:
+            with server.cursor() as cur:
+                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.name,))
+                if cur.fetchone() is None:
+                    return False
+        finally:
+            server.close()
+        conn = self._server_connection(self.name)
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SELECT value FROM metadata LIMIT 1")
+                return cur.fetchone() is not None
+        except psycopg2.errors.UndefinedTable:
+            return False
+        finally:
+            conn.close()
+
+    def drop(self) -> None:
+        if not self.exists():
+            return
+        db = self._connect("r+", with_attrs=False)
+        try:
+            db._drop_tables()
+        finally:
+            db.close()
+
+
+AnyDB = Annotated[PostgreSQL | SQLite, Field(discriminator="db_type")]
+"""Any built-in graph database, resolved from JSON by its ``db_type``."""
