@@ -112,7 +112,9 @@ class StrictBaseModel(BaseModel):
     """The base of every volara config: unknown fields are an error, so a typo
     in a JSON/YAML config is reported instead of silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    model_config = ConfigDict(
+        extra="forbid", arbitrary_types_allowed=True, use_attribute_docstrings=True
+    )
 
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
