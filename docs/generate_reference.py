@@ -24,7 +24,10 @@ SECTIONS: list[tuple[str, list[type[BaseModel]]]] = [
     ("Databases", [dbs.SQLite, dbs.PostgreSQL]),
     ("Look-up tables", [lut.LUT]),
     ("Workers", [workers.LocalWorker, workers.SlurmWorker, workers.LSFWorker]),
-    ("Blockwise tasks", [BlockwiseTask, *sorted(BUILTIN_TASKS, key=lambda t: t.__name__)]),
+    (
+        "Blockwise tasks",
+        [BlockwiseTask, *sorted(BUILTIN_TASKS, key=lambda t: t.__name__)],
+    ),
 ]
 
 
@@ -54,7 +57,9 @@ def model_section(model: type[BaseModel]) -> list[str]:
     doc = inspect.getdoc(model) or ""
     lines += [doc, ""] if doc else []
     for name, field in model.model_fields.items():
-        lines.append(f"- **`{name}`** (`{_type_name(field.annotation)}`, {_default(field)})")
+        lines.append(
+            f"- **`{name}`** (`{_type_name(field.annotation)}`, {_default(field)})"
+        )
         if field.description:
             lines.append(f"  {' '.join(field.description.split())}")
     lines.append("")

@@ -20,6 +20,15 @@ PG_PORT = int(os.environ.get("VOLARA_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("VOLARA_TEST_PG_USER", "postgres")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "postgres: needs the PostgreSQL server (VOLARA_TEST_PG_HOST/PORT/USER, "
+        "default 127.0.0.1:5432 as postgres); set VOLARA_TEST_SKIP_POSTGRES=1 to "
+        "skip",
+    )
+
+
 @pytest.fixture(autouse=True)
 def isolated_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.chdir(tmp_path)
@@ -58,12 +67,17 @@ def postgres() -> Iterator[PostgreSQL]:
 
     try:
         psycopg2.connect(
-            host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", connect_timeout=5
+            host=PG_HOST,
+            port=PG_PORT,
+            user=PG_USER,
+            dbname="postgres",
+            connect_timeout=5,
         ).close()
     except psycopg2.OperationalError as e:
         pytest.fail(
-            f"PostgreSQL server at {PG_HOST}:{PG_PORT} (user {PG_USER}) is unreachable: "
-            f"{e}. Start it, or set VOLARA_TEST_SKIP_POSTGRES=1 to skip these tests."
+            f"PostgreSQL server at {PG_HOST}:{PG_PORT} (user {PG_USER}) is "
+            f"unreachable: {e}. Start it, or set VOLARA_TEST_SKIP_POSTGRES=1 to "
+            "skip these tests."
         )
     name = f"volara_test_{uuid.uuid4().hex[:8]}"
     db = PostgreSQL(host=PG_HOST, port=PG_PORT, user=PG_USER, name=name)

@@ -43,7 +43,9 @@ def blockwise_worker(config_file: Path) -> None:
 
 @cli.command("run")
 @click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--serial", is_flag=True, help="Process blocks one by one in this process.")
+@click.option(
+    "--serial", is_flag=True, help="Process blocks one by one in this process."
+)
 @click.option(
     "--dry-run",
     is_flag=True,
@@ -70,7 +72,12 @@ def run(config: Path, serial: bool, dry_run: bool, log_dir: Path | None) -> None
         for line in describe_pipeline(pipeline):
             click.echo(line)
         return
-    states = pipeline.run_blockwise(multiprocessing=not serial)
+    try:
+        states = pipeline.run_blockwise(multiprocessing=not serial)
+    except (ValueError, OSError) as e:
+        # raised while checking inputs and preparing outputs, before any
+        # block runs: a config problem, not a crash
+        raise click.ClickException(f"{config}: {e}") from e
     incomplete = {
         name: state
         for name, state in states.items()
@@ -95,11 +102,66 @@ def describe_pipeline(pipeline) -> list[str]:
     for task in pipeline.tasks:
         upstream = [u.task_name for u in pipeline.task_graph.predecessors(task)]
         outputs = [str(path) for path in task.output_paths] or ["-"]
+        try:
+            blocks = str(count_blocks(task))
+        except FileNotFoundError:
+            # an input an upstream task writes: its extent is not known yet
+            blocks = "?"
         lines.append(
-            f"{task.task_name} ({task.task_type}): {count_blocks(task)} blocks; "
+            f"{task.task_name} ({task.task_type}): {blocks} blocks; "
             f"writes {', '.join(outputs)}; after {', '.join(upstream) or '-'}"
         )
     return lines
+
+
+@cli.command("demo")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("volara_demo"),
+    show_default=True,
+    help="Where the sample data, graph, look-up table and logs go.",
+)
+@click.option(
+    "--workers", default=2, show_default=True, help="Workers per task (0: serial)."
+)
+@click.option(
+    "--postgres", is_flag=True, help="Use PostgreSQL at 127.0.0.1 instead of SQLite."
+)
+@click.option(
+    "--shape",
+    nargs=3,
+    type=int,
+    default=(60, 240, 240),
+    show_default=True,
+    help="Size of the generated volume in voxels (z y x).",
+)
+@click.option(
+    "--noise", default=0.15, show_default=True, help="Affinity noise amplitude."
+)
+def demo(
+    workdir: Path,
+    workers: int,
+    postgres: bool,
+    shape: tuple[int, int, int],
+    noise: float,
+) -> None:
+    """Generate EM-like sample data, segment it with ExtractFrags + AffAgglom +
+    GraphMWS + Relabel, and score the result against the ground truth."""
+    from .demo import run_demo
+
+    scores = run_demo(
+        workdir, use_postgres=postgres, num_workers=workers, shape=shape, noise=noise
+    )
+    click.echo("")
+    click.echo(f"segmentation written to {workdir / 'sample.zarr' / 'segments'}")
+    click.echo(
+        f"VOI split {scores['voi_split']:.4f}  merge {scores['voi_merge']:.4f}  "
+        f"total {scores['voi']:.4f}  (bits, lower is better)"
+    )
+    click.echo(f"adapted Rand error {scores['adapted_rand_error']:.4f}  (0 is perfect)")
+    if scores["failed_blocks"]:
+        raise click.ClickException(f"{scores['failed_blocks']} blocks failed")
 
 
 if __name__ == "__main__":

@@ -48,6 +48,13 @@ class Dataset(StrictBaseModel, ABC):
     units: list[str] | None = None
     """Unit of each spatial axis, e.g. ``["nm", "nm", "nm"]``."""
 
+    @field_validator("store")
+    @classmethod
+    def _store_as_path(cls, store: Path | str) -> Path:
+        # JSON cannot tell a str from a Path: one type keeps configs equal
+        # after a round trip through a file.
+        return Path(store)
+
     @property
     def name(self) -> str:
         """The last component of the store path. Task names are built from it,
@@ -71,7 +78,7 @@ class Dataset(StrictBaseModel, ABC):
 
     def array(self, mode: OpenMode = "r") -> Array:
         """Open the array, with this model's metadata overrides and lazy ops."""
-        overrides = {
+        overrides: dict[str, Any] = {
             "voxel_size": self.voxel_size,
             "offset": self.offset,
             "axis_names": self.axis_names,
@@ -118,6 +125,7 @@ class Dataset(StrictBaseModel, ABC):
         offset = Coordinate(offset)
         voxel_size = Coordinate(voxel_size)
         dtype = np.dtype(dtype)
+        mode: OpenMode
         if self.exists():
             self._check_compatible(shape, chunk_shape, offset, voxel_size, dtype)
             mode = "r+"
@@ -162,10 +170,18 @@ class Dataset(StrictBaseModel, ABC):
             f"{what}: given {given}, found {found}"
             for what, given, found in [
                 ("shape (voxels)", shape, tuple(existing.shape)),
-                ("chunk shape (voxels)", chunk_shape, tuple(existing._source_data.chunks)),
+                (
+                    "chunk shape (voxels)",
+                    chunk_shape,
+                    tuple(existing._source_data.chunks),
+                ),
                 ("dtype", dtype, existing.dtype),
                 ("offset (world units)", tuple(offset), tuple(existing.offset)),
-                ("voxel size (world units)", tuple(voxel_size), tuple(existing.voxel_size)),
+                (
+                    "voxel size (world units)",
+                    tuple(voxel_size),
+                    tuple(existing.voxel_size),
+                ),
             ]
             if given != found
         ]
@@ -217,6 +233,11 @@ class Raw(Dataset):
     after this one's (after this dataset's own channel selection and
     normalization)."""
 
+    @field_validator("ome_norm")
+    @classmethod
+    def _ome_norm_as_path(cls, ome_norm: Path | str | None) -> Path | None:
+        return None if ome_norm is None else Path(ome_norm)
+
     @property
     def attrs(self) -> dict[str, Any]:
         bounds = self.bounds
@@ -229,10 +250,10 @@ class Raw(Dataset):
             return None
         group = zarr.open_group(str(self.ome_norm), mode="r")
         try:
-            channels = group.attrs["omero"]["channels"]  # type: ignore[index,call-overload]
+            # plain JSON metadata: any missing level is a KeyError/TypeError
+            channels: Any = group.attrs["omero"]["channels"]  # type: ignore[index,call-overload]
             return [
-                (float(c["window"]["min"]), float(c["window"]["max"]))
-                for c in channels  # type: ignore[union-attr]
+                (float(c["window"]["min"]), float(c["window"]["max"])) for c in channels
             ]
         except (KeyError, TypeError) as e:
             raise ValueError(
@@ -306,7 +327,8 @@ class Affs(Dataset):
             raise ValueError("neighborhood is empty: give at least one offset")
         if value is not None and len({c.dims for c in value}) > 1:
             raise ValueError(
-                f"neighborhood offsets differ in dimensions: {[tuple(c) for c in value]}"
+                "neighborhood offsets differ in dimensions: "
+                f"{[tuple(c) for c in value]}"
             )
         return value
 

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from funlib.persistence.graphs import PgSQLGraphDatabase, SQLiteGraphDataBase
 from funlib.persistence.graphs.graph_database import GraphDataBase
 from funlib.persistence.types import Vec
-from pydantic import Field, field_validator
+from pydantic import Field, StrictInt, StrictStr, field_validator
 
 from .utils import StrictBaseModel, check_identifier
 
@@ -60,12 +60,13 @@ def parse_attr_type(name: str, spec: str | int) -> Any:
 class DB(StrictBaseModel, ABC):
     """What every graph database has: the attributes of its nodes and edges."""
 
-    node_attrs: dict[str, str | int] | None = None
+    # strict: YAML's `yes`/`true` must not pass as the vector length 1
+    node_attrs: dict[str, StrictStr | StrictInt] | None = None
     """Extra node attributes and their types, added to the defaults
     (``position``, ``size``, ``filtered``), e.g. ``{"raw_intensity": "float"}``.
     Types: ``"float"``, ``"int"``, ``"bool"``, ``"str"``, ``"Vec(float, N)"``
     or an integer N for a vector of N floats."""
-    edge_attrs: dict[str, str | int] | None = None
+    edge_attrs: dict[str, StrictStr | StrictInt] | None = None
     """Extra edge attributes and their types, added to the default
     (``distance``), e.g. ``{"adj_weight": "float", "lr_weight": "float"}``.
     Tasks such as `AffAgglom` write their scores into these columns."""
@@ -110,7 +111,10 @@ class DB(StrictBaseModel, ABC):
             name: parse_attr_type(name, spec)
             for name, spec in (self.edge_attrs or {}).items()
         }
-        return {**self.default_node_attrs, **nodes}, {**self.default_edge_attrs, **edges}
+        return {**self.default_node_attrs, **nodes}, {
+            **self.default_edge_attrs,
+            **edges,
+        }
 
     @property
     @abstractmethod
@@ -346,7 +350,9 @@ class PostgreSQL(DB):
         server = self._server_connection("postgres")
         try:
             with server.cursor() as cur:
-                cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (self.name,))
+                cur.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (self.name,)
+                )
                 if cur.fetchone() is None:
                     return False
         finally:

@@ -16,7 +16,7 @@ from funlib.geometry import Coordinate
 
 from .blockwise import AffAgglom, ExtractFrags, GraphMWS, Pipeline, Relabel
 from .datasets import Affs, Labels
-from .dbs import DB, PostgreSQL, SQLite
+from .dbs import PostgreSQL, SQLite
 from .kernels.metrics import segmentation_scores
 from .lut import LUT
 from .sample_data import generate_sample_data
@@ -29,7 +29,7 @@ LONG_RANGE_BIAS = -0.7
 
 def demo_pipeline(
     workdir: Path,
-    db: DB | None = None,
+    db: SQLite | PostgreSQL | None = None,
     num_workers: int = 2,
     block_size: tuple[int, int, int] = (20, 80, 80),
     context: tuple[int, int, int] = (10, 40, 40),
@@ -53,7 +53,9 @@ def demo_pipeline(
         frags_data=fragments,
         block_size=Coordinate(block_size),
         context=Coordinate(context),
-        bias=[SHORT_RANGE_BIAS if o in short else LONG_RANGE_BIAS for o in neighborhood],
+        bias=[
+            SHORT_RANGE_BIAS if o in short else LONG_RANGE_BIAS for o in neighborhood
+        ],
         num_workers=num_workers,
     )
     aff_agglom = AffAgglom(
@@ -101,7 +103,7 @@ def run_demo(
     container = workdir / "sample.zarr"
     if not (container / "affinities").exists():
         generate_sample_data(container, shape=shape, noise=noise)
-    db: DB = (
+    db: SQLite | PostgreSQL = (
         PostgreSQL(host="127.0.0.1", name="volara_demo")
         if use_postgres
         else SQLite(path=workdir / "graph.sqlite")

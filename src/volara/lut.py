@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from pydantic import field_validator
 
 from .kernels.relabel import map_values, sorted_mapping
 from .utils import StrictBaseModel
@@ -23,6 +24,13 @@ class LUT(StrictBaseModel):
 
     path: Path | str
     """Where the table is stored. ``.npz`` is appended when missing."""
+
+    @field_validator("path")
+    @classmethod
+    def _path_as_path(cls, path: Path | str) -> Path:
+        # JSON cannot tell a str from a Path: one type keeps configs equal
+        # after a round trip through a file.
+        return Path(path)
 
     @property
     def file(self) -> Path:
@@ -110,13 +118,17 @@ class LUTS:
         return NotImplemented
 
     def load(self) -> np.ndarray:
-        tables = [table for table in (lut.load() for lut in self.luts) if table is not None]
+        tables = [
+            table for table in (lut.load() for lut in self.luts) if table is not None
+        ]
         if not tables:
             return np.zeros((2, 0), dtype=np.uint64)
         return np.concatenate(tables, axis=1)
 
     def load_iterated(self) -> np.ndarray:
-        tables = [table for table in (lut.load() for lut in self.luts) if table is not None]
+        tables = [
+            table for table in (lut.load() for lut in self.luts) if table is not None
+        ]
         if not tables:
             return np.zeros((2, 0), dtype=np.uint64)
         result = tables[0].astype(np.uint64)

@@ -23,9 +23,7 @@ def _to_coordinate(value: Any) -> Coordinate:
     if isinstance(value, Coordinate):
         return value
     if isinstance(value, str) or not isinstance(value, Sequence):
-        raise ValueError(
-            f"expected a list of integers like [1, 2, 3], got {value!r}"
-        )
+        raise ValueError(f"expected a list of integers like [1, 2, 3], got {value!r}")
     items = list(value)
     for item in items:
         if isinstance(item, bool) or not _is_integral(item):

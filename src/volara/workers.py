@@ -85,7 +85,9 @@ class SlurmWorker(Worker):
         if self.queue:
             command.append(f"--partition={self.queue}")
         command += ["--export=ALL", *self.flags]
-        command.append("--wrap=" + subprocess.list2cmdline(self.worker_command(config_path)))
+        command.append(
+            "--wrap=" + subprocess.list2cmdline(self.worker_command(config_path))
+        )
         return command
 
 

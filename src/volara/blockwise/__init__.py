@@ -6,8 +6,12 @@ including tasks that plugin packages register under the
 ``volara.blockwise_tasks`` entry points.
 """
 
+from .aff_agglom import AffAgglom
 from .argmax import Argmax
 from .blockwise import BlockwiseTask
+from .distance_agglom import DistanceAgglom
+from .extract_frags import ExtractFrags
+from .graph_mws import GraphMWS
 from .grid import GridTask
 from .pipeline import Pipeline
 from .registry import (
@@ -20,16 +24,31 @@ from .registry import (
     task_config,
 )
 from .relabel import Relabel
+from .seeded_extract_frags import SeededExtractFrags
 from .threshold import Threshold
 
-BUILTIN_TASKS: list[type[BlockwiseTask]] = [Argmax, Relabel, Threshold]
+BUILTIN_TASKS: list[type[BlockwiseTask]] = [
+    AffAgglom,
+    Argmax,
+    DistanceAgglom,
+    ExtractFrags,
+    GraphMWS,
+    Relabel,
+    SeededExtractFrags,
+    Threshold,
+]
 
 __all__ = [
+    "AffAgglom",
     "Argmax",
+    "DistanceAgglom",
+    "ExtractFrags",
+    "GraphMWS",
     "BlockwiseTask",
     "GridTask",
     "Pipeline",
     "Relabel",
+    "SeededExtractFrags",
     "Threshold",
     "available_task_types",
     "get_task",

@@ -34,7 +34,9 @@ class Argmax(GridTask):
     def _groups_not_empty(cls, groups):
         if groups is not None:
             if len(groups) == 0 or any(len(group) == 0 for group in groups):
-                raise ValueError("combine_classes: every group needs at least one channel")
+                raise ValueError(
+                    "combine_classes: every group needs at least one channel"
+                )
         return groups
 
     @property

@@ -191,7 +191,8 @@ class BlockwiseTask(StrictBaseModel, ABC):
         return self.block_write_roi.grow(low, high)
 
     def layout(self) -> dict[str, Any]:
-        """The block layout: what a block-tracking zarr is only valid for."""
+        """The block layout and outputs: what a block-tracking zarr is only
+        valid for."""
         low, high = self.context_low_high
         return {
             "write_roi": [list(self.write_roi.offset), list(self.write_roi.shape)],
@@ -199,6 +200,9 @@ class BlockwiseTask(StrictBaseModel, ABC):
             "context_low": list(low),
             "context_high": list(high),
             "fit": self.fit,
+            # task names come from output names only: without this, a run
+            # writing b.zarr/seg would skip every block a.zarr/seg finished
+            "outputs": [str(path.absolute()) for path in self.output_paths],
         }
 
     def _check_geometry(self) -> None:
@@ -216,12 +220,18 @@ class BlockwiseTask(StrictBaseModel, ABC):
                 f"dimensions, the data has {write_roi.dims}"
             )
         if any(s <= 0 for s in write_size):
-            raise ValueError(f"{name}.block_size must be positive, got {tuple(write_size)}")
+            raise ValueError(
+                f"{name}.block_size must be positive, got {tuple(write_size)}"
+            )
         if any(c < 0 for c in (*low, *high)):
             raise ValueError(f"{name}.context must not be negative")
         voxel_size = getattr(self, "voxel_size", None)
         if isinstance(voxel_size, Coordinate) and voxel_size.dims == write_size.dims:
-            for what, value in [("block size", write_size), ("context", low), ("context", high)]:
+            for what, value in [
+                ("block size", write_size),
+                ("context", low),
+                ("context", high),
+            ]:
                 if value % voxel_size != Coordinate((0,) * value.dims):
                     raise ValueError(
                         f"{name}: {what} {tuple(value)} (world units) is not a "
@@ -310,7 +320,9 @@ class BlockwiseTask(StrictBaseModel, ABC):
                 _client_loop(process_block)
                 return
             pool = [
-                threading.Thread(target=_client_loop, args=(process_block,), daemon=True)
+                threading.Thread(
+                    target=_client_loop, args=(process_block,), daemon=True
+                )
                 for _ in range(threads)
             ]
             for thread in pool:
@@ -340,8 +352,10 @@ class BlockwiseTask(StrictBaseModel, ABC):
     def prepare_run(self) -> None:
         """Everything that happens before blocks are handed out: checks, block
         tracking, outputs. Errors here leave no block marked done."""
-        self._check_geometry()
+        # check_config first: it reports inputs and dimensions that do not
+        # match, which the geometry check would trip over less clearly
         self.check_config()
+        self._check_geometry()
         self.init_block_array()
         self.init()
         self.write_config()
@@ -382,13 +396,15 @@ class BlockwiseTask(StrictBaseModel, ABC):
             max_workers=self.num_workers,
             max_retries=self.max_retries,
             timeout=self.block_timeout,
-            done_marker_path=str(self.block_ds),
+            tracking_path=str(self.block_ds),
         )
         if not upstream_tasks:
             return daisy.Task(**kwargs)
         from daisy import v1_compat
 
-        upstream = upstream_tasks if isinstance(upstream_tasks, list) else [upstream_tasks]
+        upstream = (
+            upstream_tasks if isinstance(upstream_tasks, list) else [upstream_tasks]
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return v1_compat.Task(upstream_tasks=upstream, **kwargs)
@@ -396,7 +412,9 @@ class BlockwiseTask(StrictBaseModel, ABC):
     @property
     def block_timeout(self) -> float:
         """Seconds a block may run before it is killed and retried."""
-        return self.timeout if self.timeout is not None else DEFAULT_BLOCK_TIMEOUT_SECONDS
+        return (
+            self.timeout if self.timeout is not None else DEFAULT_BLOCK_TIMEOUT_SECONDS
+        )
 
     def run_blockwise(self, multiprocessing: bool = True) -> dict[str, Any]:
         """Run the task; returns daisy's task states by task name (counts of

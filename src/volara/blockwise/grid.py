@@ -51,7 +51,9 @@ class GridTask(BlockwiseTask):
     def write_roi(self) -> Roi:
         total = self.grid_array.roi
         if self.roi is not None:
-            total = total.intersect(self.roi).snap_to_grid(self.voxel_size, mode="shrink")
+            total = total.intersect(self.roi).snap_to_grid(
+                self.voxel_size, mode="shrink"
+            )
         return total
 
     @property
@@ -67,9 +69,9 @@ class GridTask(BlockwiseTask):
         name = type(self).__name__
         if self.block_size.dims != array.voxel_size.dims:
             raise ValueError(
-                f"{name}.block_size {tuple(self.block_size)} has {self.block_size.dims} "
-                f"values; {self.grid_dataset.store!s} has {array.voxel_size.dims} "
-                "spatial axes"
+                f"{name}.block_size {tuple(self.block_size)} has "
+                f"{self.block_size.dims} values; {self.grid_dataset.store!s} has "
+                f"{array.voxel_size.dims} spatial axes"
             )
         if self.context_voxels.dims != array.voxel_size.dims:
             raise ValueError(

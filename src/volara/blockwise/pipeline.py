@@ -10,7 +10,9 @@ failed one.
 from __future__ import annotations
 
 import logging
-from contextlib import ExitStack
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from itertools import product
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +50,9 @@ class Pipeline:
         """The tasks in an order that respects their dependencies."""
         return list(nx.topological_sort(self.task_graph))
 
-    def _merged_with(self, other: Pipeline | BlockwiseTask) -> tuple[nx.DiGraph, Pipeline]:
+    def _merged_with(
+        self, other: Pipeline | BlockwiseTask
+    ) -> tuple[nx.DiGraph, Pipeline]:
         other = _as_pipeline(other)
         graph = nx.DiGraph()
         graph.add_nodes_from(self.task_graph.nodes)
@@ -75,7 +79,9 @@ class Pipeline:
         return _as_pipeline(other) | self
 
     def __repr__(self) -> str:
-        edges = ", ".join(f"{u.task_name} -> {v.task_name}" for u, v in self.task_graph.edges)
+        edges = ", ".join(
+            f"{u.task_name} -> {v.task_name}" for u, v in self.task_graph.edges
+        )
         names = ", ".join(t.task_name for t in self.tasks)
         return f"Pipeline(tasks=[{names}], edges=[{edges}])"
 
@@ -89,7 +95,9 @@ class Pipeline:
                 "names."
             )
 
-    def run_blockwise(self, multiprocessing: bool = True, **daisy_options: Any) -> dict[str, Any]:
+    def run_blockwise(
+        self, multiprocessing: bool = True, **daisy_options: Any
+    ) -> dict[str, Any]:
         """Prepare every task (checks, outputs) in dependency order, then run
         the whole graph in one daisy run.
 
@@ -100,6 +108,7 @@ class Pipeline:
         self._tell_tasks_their_upstream_outputs()
         ensure_daisy_log_basedir()
         with ExitStack() as stack:
+            stack.enter_context(_daisy_context_restored())
             daisy_tasks = {
                 task: stack.enter_context(task.task(multiprocessing=multiprocessing))
                 for task in self.tasks
@@ -131,9 +140,12 @@ class Pipeline:
         self._tell_tasks_their_upstream_outputs()
         ensure_daisy_log_basedir()
         with ExitStack() as stack:
+            stack.enter_context(_daisy_context_restored())
             daisy_tasks = {}
             for task in self.tasks:
-                daisy_task = stack.enter_context(task.task(multiprocessing=multiprocessing))
+                daisy_task = stack.enter_context(
+                    task.task(multiprocessing=multiprocessing)
+                )
                 daisy_tasks[task] = _with_resource_tracking(daisy_task)
             pipeline = daisy.Pipeline(
                 list(daisy_tasks.values()),
@@ -147,6 +159,21 @@ class Pipeline:
         """`BlockwiseTask.drop` every task of the pipeline."""
         for task in self.task_graph:
             task.drop(drop_outputs=drop_outputs)
+
+
+@contextmanager
+def _daisy_context_restored() -> Iterator[None]:
+    # daisy leaves the run's DAISY_CONTEXT in this process's environment;
+    # subprocesses started later (another volara-cli, a worker of the next
+    # run) would take it for theirs and log into this run's directory.
+    before = os.environ.get("DAISY_CONTEXT")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("DAISY_CONTEXT", None)
+        else:
+            os.environ["DAISY_CONTEXT"] = before
 
 
 def _as_pipeline(value: Pipeline | BlockwiseTask) -> Pipeline:
@@ -171,6 +198,6 @@ def _with_resource_tracking(task: daisy.Task) -> daisy.Task:
         max_workers=task.max_workers,
         max_retries=task.max_retries,
         timeout=task.timeout_secs,
-        done_marker_path=task.done_marker_path,
+        tracking_path=task.done_marker_path,
         resource_tracking=True,
     )

@@ -164,7 +164,9 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     else:
         data = yaml.safe_load(text)
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file holds a mapping, got {type(data).__name__}")
+        raise ValueError(
+            f"{path}: a config file holds a mapping, got {type(data).__name__}"
+        )
     return data
 
 

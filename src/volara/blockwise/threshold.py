@@ -41,7 +41,9 @@ class Threshold(GridTask):
     def check_config(self) -> None:
         super().check_config()
         array = self.grid_array
-        if array.channel_dims > 0:
+        # one selected channel (Raw.channels=[c]) leaves an axis of size 1
+        single_channel = array.channel_dims == 1 and array.shape[0] == 1
+        if array.channel_dims > 0 and not single_channel:
             raise ValueError(
                 f"Threshold.in_data: {self.in_data.store!s} has channel axes "
                 f"(shape {array.shape}); select one channel with Raw.channels"
@@ -57,8 +59,9 @@ class Threshold(GridTask):
         threshold = self.threshold
 
         def process_block(block) -> None:
-            mask[block.write_roi] = (intensities[block.write_roi] > threshold).astype(
-                np.uint8
-            )
+            values = intensities.to_ndarray(block.write_roi)
+            if values.ndim > block.write_roi.dims:
+                values = values[0]
+            mask[block.write_roi] = (values > threshold).astype(np.uint8)
 
         yield process_block

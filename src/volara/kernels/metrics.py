@@ -6,7 +6,9 @@ import numpy as np
 from skimage.metrics import adapted_rand_error, variation_of_information
 
 
-def segmentation_scores(segmentation: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+def segmentation_scores(
+    segmentation: np.ndarray, truth: np.ndarray
+) -> dict[str, float]:
     """Variation of information (split, merge, total; in bits, lower is
     better) and adapted Rand error (0 is perfect), over the voxels that are
     foreground (non-zero) in ``truth``."""

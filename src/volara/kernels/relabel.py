@@ -17,8 +17,11 @@ def sorted_mapping(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(src[order]), np.ascontiguousarray(dst[order])
 
 
-def map_values(values: np.ndarray, src_sorted: np.ndarray, dst_sorted: np.ndarray) -> np.ndarray:
-    """Map each value found in ``src_sorted`` to its ``dst``; others stay as they are."""
+def map_values(
+    values: np.ndarray, src_sorted: np.ndarray, dst_sorted: np.ndarray
+) -> np.ndarray:
+    """Map each value found in ``src_sorted`` to its ``dst``; others stay as
+    they are."""
     values = np.asarray(values, dtype=np.uint64)
     if src_sorted.size == 0:
         return values.copy()
@@ -28,7 +31,9 @@ def map_values(values: np.ndarray, src_sorted: np.ndarray, dst_sorted: np.ndarra
     return np.where(found, dst_sorted[index], values)
 
 
-def relabel(labels: np.ndarray, src_sorted: np.ndarray, dst_sorted: np.ndarray) -> np.ndarray:
+def relabel(
+    labels: np.ndarray, src_sorted: np.ndarray, dst_sorted: np.ndarray
+) -> np.ndarray:
     """``labels`` with every value in ``src_sorted`` replaced by its ``dst``.
 
     Values without an entry keep their value. Label volumes are made of long

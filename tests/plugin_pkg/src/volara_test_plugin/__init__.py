@@ -7,8 +7,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-import numpy as np
-
 from volara.blockwise import GridTask
 from volara.datasets import Dataset, Labels, Raw
 

@@ -1,0 +1,333 @@
+"""ExtractFrags: over-segment affinities into fragments, one DB node each.
+
+Each block runs the mutex watershed on its affinities plus `context`, keeps
+the fragments inside its write region, renumbers them with volume-wide ids
+(1 + the volume index of a fragment's first voxel, so ids never clash
+between blocks and are the same on every rerun), writes them and stores one
+node per fragment (center of mass, size) in the graph database.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+from pydantic import Field, model_validator
+
+from ..datasets import Affs, Dataset, Labels, Raw
+from ..dbs import AnyDB, SQLite
+from ..graph_writes import replace_nodes_in_roi
+from ..kernels import mutex_watershed as mws
+from ..kernels.relabel import relabel
+from ..utils import PydanticCoordinate
+from .grid import GridTask
+
+logger = logging.getLogger(__name__)
+
+NAN_SCAN_MAX_BYTES = 512 * 2**20
+"""Affinity arrays up to this size are scanned for NaN before any block runs;
+larger ones are checked block by block (a NaN fails its block)."""
+
+
+class ExtractFrags(GridTask):
+    """Fragments from affinities by mutex watershed, with one graph node per
+    fragment.
+
+    Writes ``frags_data`` (uint64, 0 = no fragment) and, per fragment, a node
+    in ``db`` with ``position`` (center of mass, world units), ``size``
+    (voxels) and ``filtered`` (False). Fragments removed by
+    ``filter_fragments`` or ``remove_debris`` are 0 in ``frags_data`` and get
+    no node, so every node has voxels and every non-zero id has a node.
+    Fragments end at block boundaries; `AffAgglom` and `GraphMWS` join them.
+    """
+
+    task_type: Literal["extract-frags"] = "extract-frags"
+    db: AnyDB
+    """The graph database receiving one node per fragment."""
+    affs_data: Affs
+    """The affinities, channels first ``(offsets, z, y, x)``, float in [0, 1]
+    or uint8 (0..255), with one channel per offset of its neighborhood."""
+    frags_data: Labels
+    """The output fragments, uint64, on the grid of ``affs_data``."""
+    mask_data: Raw | None = None
+    """Optional mask on the grid of ``affs_data``: voxels where it is 0 get
+    no fragment, and affinities touching them are ignored."""
+    bias: list[float]
+    """Added to the affinities of each offset before the watershed, one value
+    per offset of the neighborhood: edges with ``affinity + bias > 0`` merge,
+    the others split. E.g. ``[-0.2, -0.2, -0.2, -0.8, ...]``: short-range
+    offsets prefer merging, long-range ones splitting."""
+    strides: list[PydanticCoordinate] | None = None
+    """Per offset, use only every n-th edge along each axis (voxels), one
+    stride per offset, e.g. ``[[1, 1, 1], ..., [2, 2, 2]]`` keeps one in
+    eight long-range edges. ``None``: all edges."""
+    sigma: PydanticCoordinate | None = None
+    """Gaussian smoothing of the affinities before the watershed, in voxels,
+    one value per spatial axis, so fragments grow from object centers out.
+    ``None``: no smoothing."""
+    noise_eps: float | None = Field(default=None, ge=0)
+    """Standard deviation of gaussian noise added to the affinities before
+    the watershed, to break ties of quantized (e.g. uint8) affinities that
+    otherwise give streaky fragments. Seeded per block, so reruns agree.
+    ``None``: no noise."""
+    filter_fragments: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Remove fragments whose mean affinity (direct-neighbor offsets,
+    averaged over the fragment's voxels) is below this value. ``0``: keep
+    all."""
+    remove_debris: int = Field(default=0, ge=0)
+    """Remove fragments of fewer voxels than this (counted inside the
+    block). ``0``: keep all."""
+    randomized_strides: bool = False
+    """Turn each stride into a probability ``1/prod(stride)`` of keeping an
+    edge, instead of a regular grid, to avoid grid artifacts."""
+    context: PydanticCoordinate
+    """Extra affinities read around each block, in voxels, one value per
+    spatial axis; at least the longest offset is a good choice. Fragments
+    in the context are computed then discarded."""
+    fit: Literal["shrink"] = "shrink"
+    read_write_conflict: Literal[False] = False
+
+    @model_validator(mode="after")
+    def _check_per_offset_fields(self) -> ExtractFrags:
+        check_per_offset_fields(type(self).__name__, self)
+        dims = self.spatial_dims
+        if self.db.ndim != dims:
+            raise ValueError(
+                f"{type(self).__name__}.db: ndim is {self.db.ndim}, the affinities "
+                f"have {dims} spatial axes; set db.ndim={dims}"
+            )
+        if self.sigma is not None and (
+            self.sigma.dims != dims or any(s < 0 for s in self.sigma)
+        ):
+            raise ValueError(
+                f"{type(self).__name__}.sigma {tuple(self.sigma)}: give {dims} "
+                "non-negative values (voxels), one per spatial axis"
+            )
+        return self
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.frags_data.name}-{self.task_type}"
+
+    @property
+    def neighborhood(self) -> list[Coordinate]:
+        """The affinity offsets, in voxels."""
+        return list(self.affs_data.neighborhood or [])
+
+    @property
+    def spatial_dims(self) -> int:
+        return self.neighborhood[0].dims
+
+    @property
+    def grid_dataset(self) -> Dataset:
+        return self.affs_data
+
+    @property
+    def context_voxels(self) -> Coordinate:
+        return self.context
+
+    @property
+    def num_voxels_in_block(self) -> int:
+        """Voxels a block writes (without context)."""
+        return int(np.prod(self.block_size))
+
+    @property
+    def output_datasets(self) -> list[Dataset]:
+        return [self.frags_data]
+
+    @property
+    def output_paths(self) -> list[Path]:
+        paths = super().output_paths
+        if isinstance(self.db, SQLite):
+            paths.append(self.db.path)
+        return paths
+
+    def drop_artifacts(self) -> None:
+        self.frags_data.drop()
+        self.db.drop()
+
+    def check_config(self) -> None:
+        super().check_config()
+        check_affinity_channels(type(self).__name__, self.affs_data)
+        if self.mask_data is not None:
+            self.check_same_grid("mask_data", self.mask_data)
+        if not self.produced_upstream(self.affs_data.store):
+            check_no_nan(type(self).__name__, self.affs_data)
+
+    def init(self) -> None:
+        self.prepare_output(self.frags_data, np.uint64)
+        self.db.init()
+
+    @contextmanager
+    def process_block_func(self) -> Iterator:
+        affs = self.affs_data.array("r")
+        frags = self.frags_data.array("r+")
+        mask = self.mask_data.array("r") if self.mask_data is not None else None
+        # geometry looked up once: each property opens the input array
+        grid = _Grid(affs.voxel_size, affs.roi, self.write_roi.offset, self.write_size)
+        dbs = _ThreadConnections(self.db)
+
+        def process_block(block) -> None:
+            nodes = self.fragments_in_block(block, affs, mask, frags, grid)
+            replace_nodes_in_roi(dbs.get(), nodes, block.write_roi)
+
+        try:
+            yield process_block
+        finally:
+            dbs.close_all()
+
+    def fragments_in_block(
+        self, block, affs, mask, frags, grid: _Grid
+    ) -> dict[int, dict]:
+        """Compute, write and describe the fragments of one block; returns
+        the nodes to store, by id."""
+        voxel_size = grid.voxel_size
+        data = affs.to_ndarray(block.read_roi, fill_value=0)
+        if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
+            raise ValueError(
+                f"{type(self).__name__}.affs_data: {self.affs_data.store!s} has NaN "
+                f"affinities in {block.read_roi}; fix or mask them"
+            )
+        inside = (
+            mask.to_ndarray(block.read_roi, fill_value=0) > 0
+            if mask is not None
+            else None
+        )
+        block_index = (block.write_roi.offset - grid.first_block) / grid.block_size
+        fragments = mws.mutex_watershed(
+            data,
+            self.neighborhood,
+            self.bias,
+            strides=self.strides,
+            randomized_strides=self.randomized_strides,
+            mask=inside,
+            sigma=self.sigma,
+            noise_eps=self.noise_eps,
+            noise_seed=[int(i) for i in block_index],
+        )
+        crop = _crop(block.read_roi, block.write_roi, voxel_size)
+        fragments, _ = mws.filter_fragments(
+            fragments[crop],
+            data[(slice(None), *crop)],
+            min_mean_affinity=self.filter_fragments,
+            min_size=self.remove_debris,
+            channels=mws.direct_neighbor_channels(self.neighborhood),
+        )
+        stats = mws.fragment_statistics(fragments)
+        origin = (block.write_roi.offset - grid.volume.offset) / voxel_size
+        ids = mws.global_ids(stats.first_voxels, origin, grid.volume.shape / voxel_size)
+        frags[block.write_roi] = relabel(fragments, stats.ids, ids)
+        positions = np.asarray(block.write_roi.offset) + (
+            stats.centers + 0.5
+        ) * np.asarray(voxel_size)
+        return {
+            int(node_id): {
+                "position": tuple(float(p) for p in position),
+                "size": int(size),
+                "filtered": False,
+            }
+            for node_id, position, size in zip(ids, positions, stats.sizes, strict=True)
+        }
+
+
+class _Grid(NamedTuple):
+    voxel_size: Coordinate
+    volume: Roi
+    """The whole affinity array: fragment ids are voxel indices in it."""
+    first_block: Coordinate
+    block_size: Coordinate
+    """World units."""
+
+
+def _crop(read_roi: Roi, write_roi: Roi, voxel_size: Coordinate) -> tuple[slice, ...]:
+    begin = (write_roi.offset - read_roi.offset) / voxel_size
+    end = begin + write_roi.shape / voxel_size
+    return tuple(slice(b, e) for b, e in zip(begin, end, strict=True))
+
+
+class _ThreadConnections:
+    """One database connection per thread (an SQLite connection must stay in
+    the thread that opened it), all closed when the worker ends."""
+
+    def __init__(self, db: Any):
+        self.db, self.local = db, threading.local()
+        self.opened: list[Any] = []
+        self.lock = threading.Lock()
+
+    def get(self) -> Any:
+        if not hasattr(self.local, "connection"):
+            self.local.connection = self.db.open("r+")
+            with self.lock:
+                self.opened.append(self.local.connection)
+        return self.local.connection
+
+    def close_all(self) -> None:
+        for connection in self.opened:
+            connection.close()
+
+
+def check_per_offset_fields(name: str, task: Any) -> None:
+    """``bias`` and ``strides`` need one entry per offset of the affinities'
+    neighborhood; strides need one positive value per spatial axis."""
+    neighborhood = task.affs_data.neighborhood or []
+    if len(task.bias) != len(neighborhood):
+        raise ValueError(
+            f"{name}.bias has {len(task.bias)} values but the neighborhood of "
+            f"affs_data has {len(neighborhood)} offsets; give one bias per offset"
+        )
+    if task.strides is None:
+        return
+    if len(task.strides) != len(neighborhood):
+        raise ValueError(
+            f"{name}.strides has {len(task.strides)} entries but the neighborhood of "
+            f"affs_data has {len(neighborhood)} offsets; give one stride per offset"
+        )
+    dims = neighborhood[0].dims
+    for stride in task.strides:
+        if stride.dims != dims or any(s < 1 for s in stride):
+            raise ValueError(
+                f"{name}.strides: {tuple(stride)} must have {dims} values >= 1 "
+                "(voxels), one per spatial axis"
+            )
+
+
+def check_affinity_channels(name: str, affs_data: Affs) -> None:
+    """The affinities need one channel axis with one channel per offset."""
+    array = affs_data.array("r")
+    offsets = len(affs_data.neighborhood or [])
+    if array.channel_dims != 1 or array.shape[0] != offsets:
+        raise ValueError(
+            f"{name}.affs_data: {affs_data.store!s} has shape {array.shape} "
+            f"({array.channel_dims} channel axes) but its neighborhood has {offsets} "
+            f"offsets; it needs exactly one channel per offset, channels first"
+        )
+
+
+def check_no_nan(name: str, affs_data: Affs) -> None:
+    """Refuse float affinities with NaN values, scanning chunk by chunk
+    (arrays above `NAN_SCAN_MAX_BYTES` are left to the per-block check)."""
+    import dask.array as da
+
+    array = affs_data.array("r")
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    nbytes = int(np.prod(array.shape)) * array.dtype.itemsize
+    if nbytes > NAN_SCAN_MAX_BYTES:
+        logger.info(
+            "%s: %s is too large to scan for NaN up front; blocks check their own",
+            name,
+            affs_data.store,
+        )
+        return
+    count = int(da.isnan(array.data).sum().compute())
+    if count:
+        raise ValueError(
+            f"{name}.affs_data: {affs_data.store!s} has {count} NaN affinities; "
+            "fix or mask them (e.g. np.nan_to_num) before extracting fragments"
+        )

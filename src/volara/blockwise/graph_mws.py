@@ -1,0 +1,265 @@
+"""GraphMWS: a look-up table from fragments to segments, by mutex watershed
+on the whole region graph."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+from pydantic import field_validator, model_validator
+
+from ..dbs import AnyDB
+from ..graph_tables import read_edge_columns, read_node_columns
+from ..kernels.graph_mws import (
+    forced_merges,
+    mutex_watershed,
+    size_weighted_means,
+    weighted_edges,
+)
+from ..lut import LUT
+from ..utils import PydanticRoi, check_identifier
+from .blockwise import BlockwiseTask
+
+logger = logging.getLogger(__name__)
+
+ONE_BLOCK_TIMEOUT_SECONDS = 7 * 24 * 3600.0
+
+
+class GraphMWS(BlockwiseTask):
+    """Read the region graph in `roi`, run mutex watershed on it and save the
+    resulting look-up table (fragment id -> segment id) to `lut`.
+
+    The whole graph is processed at once, in memory, as a single block.
+    Every node read is in the table; a node without edges is a segment of its
+    own. A segment's id is the smallest fragment id it contains, so the table
+    does not depend on the database backend or the order edges are read in.
+    Only edges between two nodes that were read are used.
+    """
+
+    task_type: Literal["graph-mws"] = "graph-mws"
+    db: AnyDB
+    """The region graph: fragments as nodes, scored edges (e.g. written by
+    `AffAgglom`)."""
+    lut: LUT
+    """Where the look-up table is saved when the task completes."""
+    weights: dict[str, tuple[float, float]]
+    """Per edge attribute ``a``, a ``(w, b)`` pair: the edge's weight is
+    ``w * a + b``. Positive weights merge fragments, negative weights keep
+    them apart, stronger (larger ``|weight|``) edges first. An edge without a
+    value for ``a`` gets no weight from it. E.g. ``{"xy_aff": (1.0, -0.5)}``
+    merges fragments with a mean affinity above 0.5. Every name must be one
+    of the db's ``edge_attrs``."""
+    roi: PydanticRoi  # type: ignore[assignment]
+    """The region of the graph to process, ``[offset, shape]`` in world
+    units: the nodes whose ``position`` lies in it (when `bounded_read`)."""
+    edge_per_attr: bool = True
+    """``True``: every attribute of `weights` gives its own edge; ``False``:
+    one edge per fragment pair with the sum of the weighted attributes."""
+    bounded_read: bool = True
+    """``True``: read only nodes with a position in `roi` and the edges
+    between them. ``False``: read the whole graph (faster when `roi` covers
+    it anyway: no spatial query)."""
+    starting_lut: LUT | None = None
+    """A look-up table whose merges are kept: fragments it puts in one segment
+    end up in one segment, whatever the edges say."""
+    mean_attrs: dict[str, str] | None = None
+    """Node attributes to average per segment, weighted by fragment ``size``:
+    ``{"attr": "out_attr"}`` writes ``out_attr = sum(attr * size) /
+    sum(size)`` on each segment node of `out_db`."""
+    out_db: AnyDB | None = None
+    """The database receiving one node per segment (id, ``position``: the
+    size-weighted mean position, ``size``: total voxels, and `mean_attrs`).
+    Needed when `mean_attrs` is set; must not be `db`."""
+    fit: Literal["shrink"] = "shrink"
+    read_write_conflict: Literal[False] = False
+
+    @field_validator("weights")
+    @classmethod
+    def _check_weights(cls, weights):
+        if not weights:
+            raise ValueError("weights is empty: give at least one edge attribute")
+        for name in weights:
+            check_identifier(name, "weights: attribute name")
+        return weights
+
+    @model_validator(mode="after")
+    def _check_mean_attrs(self):
+        if self.mean_attrs is not None and self.out_db is None:
+            raise ValueError(
+                "GraphMWS.mean_attrs is set but out_db is None: give an out_db to "
+                "write the segment nodes into, or drop mean_attrs"
+            )
+        for name, out_name in (self.mean_attrs or {}).items():
+            check_identifier(name, "mean_attrs: attribute name")
+            check_identifier(out_name, "mean_attrs: output attribute name")
+        return self
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.lut.name}-{self.task_type}"
+
+    @property
+    def write_roi(self) -> Roi:
+        return self.roi
+
+    @property
+    def write_size(self) -> Coordinate:
+        return self.roi.shape
+
+    @property
+    def context_size(self) -> Coordinate:
+        return Coordinate((0,) * self.roi.dims)
+
+    @property
+    def block_timeout(self) -> float:
+        """One block holds the whole graph: a week unless `timeout` is set."""
+        return self.timeout if self.timeout is not None else ONE_BLOCK_TIMEOUT_SECONDS
+
+    @property
+    def output_paths(self) -> list[Path]:
+        return [self.lut.file]
+
+    def check_config(self) -> None:
+        node_attrs, edge_attrs = self.db.graph_attrs
+        for name in self.weights:
+            if name not in edge_attrs:
+                raise ValueError(
+                    f"GraphMWS.weights: {name!r} is not an edge attribute of the "
+                    f"database (it has {sorted(edge_attrs)}). Add it to the db's "
+                    f'edge_attrs, e.g. edge_attrs={{"{name}": "float"}}, or remove '
+                    "it from weights."
+                )
+        if self.roi.dims != self.db.ndim:
+            raise ValueError(
+                f"GraphMWS.roi has {self.roi.dims} dimensions, the db's node "
+                f"positions have {self.db.ndim}"
+            )
+        if self.starting_lut is not None and not self.produced_upstream(
+            self.starting_lut.file
+        ):
+            self.starting_lut.check_readable()
+        self._check_out_db(node_attrs)
+
+    def _check_out_db(self, node_attrs: dict) -> None:
+        if self.out_db is None or self.mean_attrs is None:
+            return
+        if self.out_db.location == self.db.location:
+            raise ValueError(
+                "GraphMWS.out_db is the same database as db: segment nodes would mix "
+                "with fragment nodes. Give out_db another path or name."
+            )
+        out_node_attrs, _ = self.out_db.graph_attrs
+        for name, out_name in self.mean_attrs.items():
+            if name not in node_attrs:
+                raise ValueError(
+                    f"GraphMWS.mean_attrs: {name!r} is not a node attribute of db "
+                    f"(it has {sorted(node_attrs)}); add it to db's node_attrs"
+                )
+            if out_name not in out_node_attrs:
+                raise ValueError(
+                    f"GraphMWS.mean_attrs: {out_name!r} is not a node attribute of "
+                    f"out_db (it has {sorted(out_node_attrs)}). Add it to out_db's "
+                    f'node_attrs, e.g. node_attrs={{"{out_name}": "float"}}.'
+                )
+
+    def init(self) -> None:
+        if self.out_db is not None:
+            self.out_db.init()
+
+    def drop_artifacts(self) -> None:
+        self.lut.drop()
+        if self.out_db is not None:
+            self.out_db.drop()
+
+    @contextmanager
+    def process_block_func(self) -> Iterator:
+        def process_block(block) -> None:
+            self.solve()
+
+        yield process_block
+
+    def solve(self) -> np.ndarray:
+        """Read the graph, run mutex watershed, save and return the ``(2, n)``
+        look-up table (and the segment nodes, with `mean_attrs`)."""
+        node_attrs = ["position", "size", *self.mean_attrs] if self.mean_attrs else []
+        roi = self.roi if self.bounded_read else None
+        # An edge to a node outside the ROI is dropped by the watershed below.
+        graph_db = self.db.open("r")
+        try:
+            nodes = read_node_columns(graph_db, node_attrs, roi=roi)
+            edges = read_edge_columns(
+                graph_db,
+                list(self.weights),
+                u_ids=nodes["id"] if self.bounded_read else None,
+            )
+        finally:
+            graph_db.close()  # type: ignore[attr-defined]
+        logger.info("read %d nodes and %d edges", nodes["id"].size, edges["u"].size)
+        u, v, weights = weighted_edges(
+            edges["u"], edges["v"], edges, self.weights, self.edge_per_attr
+        )
+        u, v, weights = self._add_forced_merges(nodes["id"], u, v, weights)
+        segments = mutex_watershed(nodes["id"], u, v, weights)
+        table = np.stack([nodes["id"], segments]).astype(np.uint64)
+        self.lut.save(table)
+        logger.info(
+            "saved %s: %d fragments in %d segments",
+            self.lut.file,
+            table.shape[1],
+            np.unique(segments).size,
+        )
+        if self.mean_attrs and self.out_db is not None:
+            write_segment_nodes(self.out_db, self.mean_attrs, nodes, segments)
+        return table
+
+    def _add_forced_merges(
+        self, node_ids: np.ndarray, u: np.ndarray, v: np.ndarray, weights: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.starting_lut is None:
+            return u, v, weights
+        start = self.starting_lut.load()
+        if start is None:
+            raise FileNotFoundError(
+                f"GraphMWS.starting_lut: no look-up table at {self.starting_lut.file}"
+            )
+        forced_u, forced_v = forced_merges(start[0], start[1], node_ids)
+        return (
+            np.concatenate([forced_u, u]),
+            np.concatenate([forced_v, v]),
+            np.concatenate([np.full(forced_u.size, np.inf), weights]),
+        )
+
+
+def write_segment_nodes(
+    out_db, mean_attrs: dict[str, str], nodes: dict, segments: np.ndarray
+) -> None:
+    """One node per segment into ``out_db``: size-weighted mean position and
+    `mean_attrs`, total size. NaN means are written as NULL."""
+    sizes = np.nan_to_num(nodes["size"], nan=0.0)
+    ids, totals, positions = size_weighted_means(segments, sizes, nodes["position"])
+    out_values = {
+        out_name: size_weighted_means(segments, sizes, nodes[name])[2]
+        for name, out_name in mean_attrs.items()
+    }
+    segment_nodes = {}
+    for i, segment in enumerate(ids.tolist()):
+        data = {"position": tuple(positions[i].tolist()), "size": int(totals[i])}
+        for out_name, values in out_values.items():
+            value = values[i]
+            if np.ndim(value):
+                data[out_name] = tuple(value.tolist())
+            else:
+                data[out_name] = None if np.isnan(value) else float(value)
+        segment_nodes[segment] = data
+    out_graph = out_db.open("r+")
+    try:
+        out_graph.write_nodes(
+            segment_nodes, attributes=["position", "size", *out_values]
+        )
+    finally:
+        out_graph.close()

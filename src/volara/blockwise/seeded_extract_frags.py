@@ -1,0 +1,215 @@
+"""SeededExtractFrags: grow skeletons into segments along the affinities.
+
+Every skeleton (connected component of the graph in ``graph_db``) gets one
+label, the same in every block. Its nodes and the lines between them are
+painted into each block as mutex-watershed seeds; the watershed grows them
+along the affinities, and everything not connected to a seed is dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+import numpy as np
+from funlib.geometry import Coordinate, Roi
+from pydantic import model_validator
+
+from ..datasets import Affs, Dataset, Labels
+from ..dbs import AnyDB
+from ..kernels.mutex_watershed import mutex_watershed
+from ..kernels.skeletons import component_labels, rasterize_skeletons
+from ..utils import PydanticCoordinate
+from .extract_frags import (
+    check_affinity_channels,
+    check_no_nan,
+    check_per_offset_fields,
+)
+from .grid import GridTask
+
+logger = logging.getLogger(__name__)
+
+
+class SeededExtractFrags(GridTask):
+    """Segments from affinities, seeded by skeletons.
+
+    Voxels on a skeleton (its nodes and the straight lines along its edges)
+    get that skeleton's label; the mutex watershed fills in the rest of each
+    object from the affinities. Voxels not reached from any skeleton are 0.
+    Labels are ``1..k``, one per connected component of the skeleton graph,
+    numbered by each component's smallest node id.
+    """
+
+    task_type: Literal["seeded-extract-frags"] = "seeded-extract-frags"
+    affs_data: Affs
+    """The affinities, channels first ``(offsets, z, y, x)``, float in [0, 1]
+    or uint8 (0..255), with one channel per offset of its neighborhood."""
+    segs_data: Labels
+    """The output segments, uint64, on the grid of ``affs_data``."""
+    graph_db: AnyDB
+    """The skeletons: nodes with a ``position`` (world units) and edges
+    between nodes of the same skeleton."""
+    mask_data: Labels | None = None
+    """Optional mask on the grid of ``affs_data``: voxels where it is 0 stay
+    0, and affinities touching them are ignored."""
+    bias: list[float]
+    """Added to the affinities of each offset before the watershed, one value
+    per offset of the neighborhood: edges with ``affinity + bias > 0`` merge,
+    the others split."""
+    strides: list[PydanticCoordinate] | None = None
+    """Per offset, use only every n-th edge along each axis (voxels), one
+    stride per offset. ``None``: all edges."""
+    randomized_strides: bool = False
+    """Turn each stride into a probability ``1/prod(stride)`` of keeping an
+    edge, instead of a regular grid."""
+    context: PydanticCoordinate
+    """Extra affinities (and skeleton nodes) read around each block, in
+    voxels, one value per spatial axis. Objects that a skeleton only enters
+    within the context are still labelled inside the block."""
+    fit: Literal["shrink"] = "shrink"
+    read_write_conflict: Literal[False] = False
+
+    @model_validator(mode="after")
+    def _check_per_offset_fields(self) -> SeededExtractFrags:
+        check_per_offset_fields(type(self).__name__, self)
+        dims = (self.affs_data.neighborhood or [])[0].dims
+        if self.graph_db.ndim != dims:
+            raise ValueError(
+                f"{type(self).__name__}.graph_db: ndim is {self.graph_db.ndim}, the "
+                f"affinities have {dims} spatial axes; set graph_db.ndim={dims}"
+            )
+        return self
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.segs_data.name}-{self.task_type}"
+
+    @property
+    def neighborhood(self) -> list[Coordinate]:
+        """The affinity offsets, in voxels."""
+        return list(self.affs_data.neighborhood or [])
+
+    @property
+    def grid_dataset(self) -> Dataset:
+        return self.affs_data
+
+    @property
+    def context_voxels(self) -> Coordinate:
+        return self.context
+
+    @property
+    def output_datasets(self) -> list[Dataset]:
+        return [self.segs_data]
+
+    def check_config(self) -> None:
+        super().check_config()
+        check_affinity_channels(type(self).__name__, self.affs_data)
+        if self.mask_data is not None:
+            self.check_same_grid("mask_data", self.mask_data)
+        if not self.produced_upstream(self.affs_data.store):
+            check_no_nan(type(self).__name__, self.affs_data)
+        if not self.graph_db.exists():
+            raise FileNotFoundError(
+                f"{type(self).__name__}.graph_db: no graph database at "
+                f"{self.graph_db.location}; write the skeletons there first"
+            )
+
+    def init(self) -> None:
+        self.prepare_output(self.segs_data, np.uint64)
+
+    @contextmanager
+    def process_block_func(self) -> Iterator:
+        affs = self.affs_data.array("r")
+        segs = self.segs_data.array("r+")
+        mask = self.mask_data.array("r") if self.mask_data is not None else None
+        skeletons = _Skeletons(self)
+        voxel_size = affs.voxel_size
+
+        def process_block(block) -> None:
+            data = affs.to_ndarray(block.read_roi, fill_value=0)
+            seeds = skeletons.seeds(block.read_roi, voxel_size)
+            inside = None
+            if mask is not None:
+                inside = mask.to_ndarray(block.read_roi, fill_value=0) > 0
+            labels = mutex_watershed(
+                data,
+                self.neighborhood,
+                self.bias,
+                strides=self.strides,
+                randomized_strides=self.randomized_strides,
+                seeds=seeds,
+                mask=inside,
+                keep_unseeded=False,
+            )
+            begin = (block.write_roi.offset - block.read_roi.offset) / voxel_size
+            end = begin + block.write_roi.shape / voxel_size
+            segs[block.write_roi] = labels[tuple(map(slice, begin, end))]
+
+        yield process_block
+
+
+def _placed(data: dict) -> bool:
+    position = data.get("position")
+    return position is not None and all(p is not None for p in position)
+
+
+class _Skeletons:
+    """The whole skeleton graph as arrays, loaded on the first block (the
+    labels need every component, not only the part near a block)."""
+
+    def __init__(self, task: SeededExtractFrags):
+        self.graph_db = task.graph_db
+        self.lock = threading.Lock()
+        self.points: np.ndarray | None = None
+        self.labels = np.zeros(0, dtype=np.uint64)
+        self.edges = np.zeros((0, 2), dtype=np.int64)
+
+    def load(self) -> np.ndarray:
+        with self.lock:
+            if self.points is None:
+                db = self.graph_db.open("r")
+                try:
+                    graph = db.read_graph()
+                finally:
+                    db.close()  # type: ignore[attr-defined]
+                nodes = [n for n, data in graph.nodes(data=True) if _placed(data)]
+                index = {node: i for i, node in enumerate(nodes)}
+                labels = component_labels(nodes, graph.edges)
+                self.labels = np.array([labels[n] for n in nodes], dtype=np.uint64)
+                self.edges = np.array(
+                    [
+                        (index[u], index[v])
+                        for u, v in graph.edges
+                        if u in index and v in index
+                    ],
+                    dtype=np.int64,
+                ).reshape(-1, 2)
+                self.points = np.array(
+                    [graph.nodes[n]["position"] for n in nodes], dtype=np.float64
+                ).reshape(len(nodes), self.graph_db.ndim)
+                logger.info(
+                    "loaded %d skeleton nodes of %d skeletons",
+                    len(nodes),
+                    len(set(labels.values())),
+                )
+            return self.points
+
+    def seeds(self, roi: Roi, voxel_size: Coordinate) -> np.ndarray:
+        """The skeletons painted into ``roi`` (world units), on its voxels."""
+        points = self.load()
+        begin, end = np.asarray(roi.begin, float), np.asarray(roi.end, float)
+        near = self.edges[
+            np.all(
+                (np.minimum(points[self.edges[:, 0]], points[self.edges[:, 1]]) < end)
+                & (
+                    np.maximum(points[self.edges[:, 0]], points[self.edges[:, 1]])
+                    >= begin
+                ),
+                axis=1,
+            )
+        ]
+        voxels = (points - begin) / np.asarray(voxel_size, float)
+        return rasterize_skeletons(roi.shape / voxel_size, voxels, self.labels, near)

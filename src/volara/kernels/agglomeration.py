@@ -1,0 +1,237 @@
+"""Statistics of the contacts between fragments, for building region graphs.
+
+Fragments are a label array (0 is background). Two voxels ``x`` and
+``x + offset`` form a *contact* of the fragments ``u`` and ``v`` they belong
+to when both are non-zero and different. Affinities are channels first, one
+channel per offset of a neighborhood; the value of channel ``i`` at ``x`` is
+the affinity between ``x`` and ``x + neighborhood[i]``.
+
+Pairs are always returned with ``u < v``, sorted by ``(u, v)``.
+
+A *count box* ``(begin, end)`` in voxel indices of the array restricts the
+contacts to those whose first voxel ``x`` lies in ``begin <= x < end``.
+Blocks that each pass their own write region as the count box count every
+contact of the whole volume exactly once, even where it crosses a block face.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+CountBox = tuple[Sequence[int], Sequence[int]]
+
+
+def offset_slices(
+    offset: Sequence[int], shape: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Slices selecting every ``x`` (first) and ``x + offset`` (second) for
+    which both lie inside an array of ``shape``."""
+    first, second = [], []
+    for step, size in zip(offset, shape, strict=True):
+        step = int(step)
+        if abs(step) >= size:
+            empty = slice(0, 0)
+            first.append(empty)
+            second.append(empty)
+        elif step >= 0:
+            first.append(slice(0, size - step))
+            second.append(slice(step, size))
+        else:
+            first.append(slice(-step, size))
+            second.append(slice(0, size + step))
+    return tuple(first), tuple(second)
+
+
+def _count_box_mask(
+    offset: Sequence[int], shape: Sequence[int], count_box: CountBox | None
+) -> np.ndarray | None:
+    """Which of the first voxels of ``offset_slices`` lie in the count box."""
+    if count_box is None:
+        return None
+    begin, end = count_box
+    first, _ = offset_slices(offset, shape)
+    axes = []
+    for sl, low, high in zip(first, begin, end, strict=True):
+        index = np.arange(sl.start, sl.stop)
+        axes.append((index >= low) & (index < high))
+    mask = axes[0]
+    for axis in axes[1:]:
+        mask = np.logical_and.outer(mask, axis)
+    return mask
+
+
+def contacts(
+    fragments: np.ndarray,
+    offset: Sequence[int],
+    count_box: CountBox | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The contacts of ``fragments`` along one ``offset``.
+
+    Returns ``(u, v, index)``: per contact the smaller and larger fragment id
+    (uint64) and the flat index (into ``fragments``) of its first voxel ``x``.
+    """
+    fragments = np.asarray(fragments)
+    first, second = offset_slices(offset, fragments.shape)
+    a, b = fragments[first], fragments[second]
+    mask = (a != b) & (a != 0) & (b != 0)
+    box = _count_box_mask(offset, fragments.shape, count_box)
+    if box is not None:
+        mask &= box
+    a, b = a[mask].astype(np.uint64), b[mask].astype(np.uint64)
+    coords = np.nonzero(mask)
+    coords = tuple(c + (sl.start or 0) for c, sl in zip(coords, first, strict=True))
+    index = np.ravel_multi_index(coords, fragments.shape)
+    return np.minimum(a, b), np.maximum(a, b), index
+
+
+def _pair_index(
+    u: np.ndarray, v: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Unique ``(u, v)`` pairs sorted by ``(u, v)``, and per input its pair."""
+    if u.size == 0:
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, empty.copy(), np.zeros(0, dtype=np.int64)
+    # Dense ids keep the combined key ``u * n + v`` far below 2**63.
+    ids, dense = np.unique(np.concatenate([u, v]), return_inverse=True)
+    n = np.int64(ids.size)
+    key = dense[: u.size].astype(np.int64) * n + dense[u.size :].astype(np.int64)
+    keys, inverse = np.unique(key, return_inverse=True)
+    return ids[keys // n], ids[keys % n], inverse.ravel()
+
+
+def adjacent_pairs(
+    fragments: np.ndarray, count_box: CountBox | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair of fragments touching across a face (offsets of one voxel
+    along each axis), as ``(u, v)`` arrays with ``u < v``."""
+    ndim = np.asarray(fragments).ndim
+    found_u, found_v = [], []
+    for axis in range(ndim):
+        offset = [0] * ndim
+        offset[axis] = 1
+        u, v, _ = contacts(fragments, offset, count_box)
+        found_u.append(u)
+        found_v.append(v)
+    pairs_u, pairs_v, _ = _pair_index(np.concatenate(found_u), np.concatenate(found_v))
+    return pairs_u, pairs_v
+
+
+def mean_affinities(
+    fragments: np.ndarray,
+    affinities: np.ndarray,
+    neighborhood: Sequence[Sequence[int]],
+    score_groups: Mapping[str, Sequence[Sequence[int]]],
+    count_box: CountBox | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Mean affinity over the contacts of every fragment pair, per group.
+
+    ``affinities`` has shape ``(len(neighborhood), *fragments.shape)``; each
+    group of ``score_groups`` names offsets of ``neighborhood``. Returns
+    ``(u, v, means)``: all pairs in contact along any offset of any group,
+    and per group name a float64 array of the mean affinity over that pair's
+    contacts along the group's offsets. A pair without contacts along a
+    group's offsets gets NaN in that group.
+    """
+    channels = _group_channels(neighborhood, score_groups)
+    used = sorted({c for group in channels.values() for c in group})
+    all_u, all_v, all_values, all_channels = [], [], [], []
+    for channel in used:
+        u, v, index = contacts(fragments, neighborhood[channel], count_box)
+        all_u.append(u)
+        all_v.append(v)
+        all_values.append(affinities[channel].ravel()[index].astype(np.float64))
+        all_channels.append(np.full(u.size, channel, dtype=np.int64))
+    if not used:
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, empty.copy(), {name: np.zeros(0) for name in score_groups}
+    pairs_u, pairs_v, pair = _pair_index(np.concatenate(all_u), np.concatenate(all_v))
+    values, channel_of = np.concatenate(all_values), np.concatenate(all_channels)
+    means = {}
+    for name, group in channels.items():
+        selected = np.isin(channel_of, group)
+        sums = np.bincount(pair[selected], values[selected], minlength=pairs_u.size)
+        counts = np.bincount(pair[selected], minlength=pairs_u.size)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[name] = np.where(counts > 0, sums / counts, np.nan)
+    return pairs_u, pairs_v, means
+
+
+def _group_channels(
+    neighborhood: Sequence[Sequence[int]],
+    score_groups: Mapping[str, Sequence[Sequence[int]]],
+) -> dict[str, list[int]]:
+    """The affinity channel of every offset of every group."""
+    channel_of = {
+        tuple(int(c) for c in offset): i for i, offset in enumerate(neighborhood)
+    }
+    channels = {}
+    for name, offsets in score_groups.items():
+        group = []
+        for offset in offsets:
+            key = tuple(int(c) for c in offset)
+            if key not in channel_of:
+                raise ValueError(
+                    f"score {name!r}: offset {key} is not in the neighborhood "
+                    f"{sorted(channel_of)}"
+                )
+            group.append(channel_of[key])
+        channels[name] = group
+    return channels
+
+
+def pair_distances(
+    u: np.ndarray, v: np.ndarray, ids: np.ndarray, positions: np.ndarray
+) -> np.ndarray:
+    """Euclidean distance between the positions of ``u`` and ``v``.
+
+    ``positions[i]`` is the position of node ``ids[i]``; pairs with an
+    endpoint missing from ``ids`` get NaN.
+    """
+    pos_u, found_u = lookup_rows(u, ids, positions)
+    pos_v, found_v = lookup_rows(v, ids, positions)
+    distances = (
+        np.linalg.norm(pos_u - pos_v, axis=1) if pos_u.size else np.zeros(len(u))
+    )
+    return np.where(found_u & found_v, distances, np.nan)
+
+
+def lookup_rows(
+    keys: np.ndarray, ids: np.ndarray, rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``rows[i]`` for each key equal to ``ids[i]`` (``ids`` need not be
+    sorted), and whether each key was found; missing keys get NaN rows."""
+    keys = np.asarray(keys, dtype=np.uint64)
+    ids = np.asarray(ids, dtype=np.uint64)
+    rows = np.asarray(rows, dtype=np.float64)
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    where = np.searchsorted(sorted_ids, keys)
+    where[where == sorted_ids.size] = 0
+    found = sorted_ids[where] == keys if sorted_ids.size else np.zeros(keys.size, bool)
+    out = np.full((keys.size, *rows.shape[1:]), np.nan)
+    if sorted_ids.size:
+        out[found] = rows[order[where[found]]]
+    return out, found
+
+
+def embedding_distances(
+    emb_u: np.ndarray, emb_v: np.ndarray, metric: str, eps: float = 1e-8
+) -> np.ndarray:
+    """Distance between rows of two ``(n, k)`` embedding arrays.
+
+    ``"cosine"``: ``1 - cos(angle)`` in [0, 2], the norms floored at ``eps``;
+    ``"euclidean"``: the Euclidean norm of the difference; ``"max"``: the
+    largest absolute difference of one component.
+    """
+    emb_u = np.asarray(emb_u, dtype=np.float64)
+    emb_v = np.asarray(emb_v, dtype=np.float64)
+    if metric == "cosine":
+        norms = np.linalg.norm(emb_u, axis=1) * np.linalg.norm(emb_v, axis=1)
+        return 1.0 - np.sum(emb_u * emb_v, axis=1) / np.maximum(norms, eps)
+    if metric == "euclidean":
+        return np.linalg.norm(emb_u - emb_v, axis=1)
+    if metric == "max":
+        return np.max(np.abs(emb_u - emb_v), axis=1, initial=0.0)
+    raise ValueError(f"metric must be 'cosine', 'euclidean' or 'max', got {metric!r}")
