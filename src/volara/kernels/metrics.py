@@ -15,8 +15,9 @@ def segmentation_scores(
     foreground = truth != 0
     seg = np.asarray(segmentation)[foreground].astype(np.uint64)
     gt = np.asarray(truth)[foreground].astype(np.uint64)
-    # skimage's VOI is (H(gt|seg), H(seg|gt)): false merges, then false splits
-    merge, split = variation_of_information(gt, seg)
+    # skimage returns (H(seg|gt), H(gt|seg)): seg's entropy inside a true
+    # object measures splits, gt's entropy inside a segment measures merges
+    split, merge = variation_of_information(gt, seg)
     rand_error, _, _ = adapted_rand_error(gt, seg)
     return {
         "voi_split": float(split),
