@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from volara.kernels.affinities import offset_slices
 from volara.kernels.agglomeration import (
     adjacent_pairs,
     contacts,
     embedding_distances,
     mean_affinities,
-    offset_slices,
     pair_distances,
 )
 
@@ -111,7 +111,7 @@ def test_count_box_counts_each_contact_once():
 
 
 def test_offset_slices_clip_to_shape():
-    first, second = offset_slices((0, -1, 5), (2, 3, 4))
+    first, second = offset_slices((2, 3, 4), (0, -1, 5))
     assert first == (slice(0, 2), slice(1, 3), slice(0, 0))
     assert second == (slice(0, 2), slice(0, 2), slice(0, 0))
 

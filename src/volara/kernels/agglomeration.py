@@ -20,28 +20,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from .affinities import offset_slices
+
 CountBox = tuple[Sequence[int], Sequence[int]]
-
-
-def offset_slices(
-    offset: Sequence[int], shape: Sequence[int]
-) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Slices selecting every ``x`` (first) and ``x + offset`` (second) for
-    which both lie inside an array of ``shape``."""
-    first, second = [], []
-    for step, size in zip(offset, shape, strict=True):
-        step = int(step)
-        if abs(step) >= size:
-            empty = slice(0, 0)
-            first.append(empty)
-            second.append(empty)
-        elif step >= 0:
-            first.append(slice(0, size - step))
-            second.append(slice(step, size))
-        else:
-            first.append(slice(-step, size))
-            second.append(slice(0, size + step))
-    return tuple(first), tuple(second)
 
 
 def _count_box_mask(
@@ -51,7 +32,7 @@ def _count_box_mask(
     if count_box is None:
         return None
     begin, end = count_box
-    first, _ = offset_slices(offset, shape)
+    first, _ = offset_slices(shape, offset)
     axes = []
     for sl, low, high in zip(first, begin, end, strict=True):
         index = np.arange(sl.start, sl.stop)
@@ -73,7 +54,7 @@ def contacts(
     (uint64) and the flat index (into ``fragments``) of its first voxel ``x``.
     """
     fragments = np.asarray(fragments)
-    first, second = offset_slices(offset, fragments.shape)
+    first, second = offset_slices(fragments.shape, offset)
     a, b = fragments[first], fragments[second]
     mask = (a != b) & (a != 0) & (b != 0)
     box = _count_box_mask(offset, fragments.shape, count_box)
