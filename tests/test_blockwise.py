@@ -447,90 +447,15 @@ def test_interrupted_run_resumes(tmp_path):
 
 # ------------------------------------------------- the README's custom task
 
-README_EXAMPLE = """
-from contextlib import contextmanager
-from daisy import Block
-from funlib.geometry import Coordinate, Roi
-from funlib.persistence import open_ds, prepare_ds
-from volara.blockwise import BlockwiseTask
-import logging
-import numpy as np
-import shutil
-import zarr
+README = Path(__file__).parents[1] / "README.md"
 
 
-logging.basicConfig(level=logging.INFO)
+def _readme_custom_task() -> str:
+    """The python block under the README's "A custom task" heading, so the
+    test runs exactly what the README shows."""
+    section = README.read_text().split("## A custom task", 1)[1]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
-
-class Argmax(BlockwiseTask):
-    task_type: str = "argmax"
-    fit: str = "shrink"
-    read_write_conflict: bool = False
-
-    @property
-    def task_name(self) -> str:
-        return "simple-argmax"
-
-    @property
-    def write_roi(self) -> Roi:
-        return Roi((0, 0, 0), (10, 10, 10))
-
-    @property
-    def write_size(self) -> Coordinate:
-        return Coordinate((5, 5, 5))
-
-    @property
-    def context_size(self) -> Coordinate:
-        return Coordinate((0, 0, 0))
-
-    def init(self):
-        in_array = prepare_ds(
-            f"{self.task_name}/data.zarr/in_array",
-            shape=(3, 10, 10, 10),
-            chunk_shape=(3, 5, 5, 5),
-            offset=(0, 0, 0),
-        )
-        np.random.seed(0)
-        in_array[:] = np.random.randint(0, 10, size=in_array.shape)
-
-        prepare_ds(
-            f"{self.task_name}/data.zarr/out_array",
-            shape=(10, 10, 10),
-            chunk_shape=(5, 5, 5),
-            offset=(0, 0, 0),
-        )
-
-    def drop_artifacts(self):
-        shutil.rmtree(f"{self.task_name}/data.zarr/in_array")
-        shutil.rmtree(f"{self.task_name}/data.zarr/out_array")
-
-    @contextmanager
-    def process_block_func(self):
-        in_array = open_ds(
-            f"{self.task_name}/data.zarr/in_array",
-            mode="r+",
-        )
-        out_array = open_ds(
-            f"{self.task_name}/data.zarr/out_array",
-            mode="r+",
-        )
-
-        def process_block(block: Block) -> None:
-            in_data = in_array[block.read_roi]
-            out_data = in_data.argmax(axis=0)
-            out_array[block.write_roi] = out_data
-
-        yield process_block
-
-
-if __name__ == "__main__":
-
-    argmax_task = Argmax()
-    argmax_task.run_blockwise(multiprocessing=False)
-
-    print(zarr.open(f"{argmax_task.task_name}/data.zarr/in_array")[:, :, 0, 0])
-    print(zarr.open(f"{argmax_task.task_name}/data.zarr/out_array")[:, 0, 0])
-"""
 
 README_OUTPUT = """\
 [[5. 0. 9. 0. 8. 9. 2. 4. 3. 4.]
@@ -541,7 +466,7 @@ README_OUTPUT = """\
 
 
 def test_readme_custom_task_runs_as_printed(tmp_path):
-    (tmp_path / "example.py").write_text(README_EXAMPLE)
+    (tmp_path / "example.py").write_text(_readme_custom_task())
     result = subprocess.run(
         [sys.executable, "example.py"],
         cwd=tmp_path,
