@@ -169,6 +169,18 @@ def test_serial_and_parallel_match_the_whole_volume(tmp_path):
     assert any(e["xy"] is None for e in serial.values())
 
 
+def test_threads_in_each_worker_write_every_edge(tmp_path):
+    # several threads per worker share one SQLite file: each needs its own
+    # connection, or every block of the second thread fails
+    db = sqlite_db(tmp_path, "threads")
+    fragments, affs, positions = setup_volume(tmp_path, db)
+    task = make_task(tmp_path, db, num_workers=2, num_cache_workers=2)
+    states = task.run_blockwise()
+    assert states["threads-aff-agglom"].completed_count == 27
+    assert states["threads-aff-agglom"].failed_count == 0
+    assert_matches_reference(stored_edges(db), reference_means(fragments, affs), positions)
+
+
 def test_rerun_and_retried_block_add_nothing(tmp_path):
     db = sqlite_db(tmp_path, "graph")
     fragments, affs, _ = setup_volume(tmp_path, db)

@@ -13,7 +13,9 @@ try:
     __version__ = version("volara")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "2.0.0"
-__version_info__ = tuple(int(part) for part in __version__.split(".")[:3] if part.isdigit())
+__version_info__ = tuple(
+    int(part) for part in __version__.split(".")[:3] if part.isdigit()
+)
 
 __all__ = ["__version__", "__version_info__", "blockwise", "datasets", "dbs", "lut"]
 

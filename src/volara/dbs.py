@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -375,6 +376,34 @@ class PostgreSQL(DB):
             db._drop_tables()
         finally:
             db.close()
+
+
+class ThreadConnections:
+    """One open graph database per thread, all closed together.
+
+    A task's block function may run in several threads of one worker
+    (``num_cache_workers``), and an SQLite connection must stay in the thread
+    that opened it; so each thread opens its own on first use.
+    """
+
+    def __init__(self, db: DB, mode: str = "r+"):
+        self.db, self.mode = db, mode
+        self._local = threading.local()
+        self._opened: list[GraphDataBase] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> GraphDataBase:
+        """This thread's connection."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self.db.open(self.mode)
+            with self._lock:
+                self._opened.append(connection)
+        return connection
+
+    def close_all(self) -> None:
+        for connection in self._opened:
+            connection.close()  # type: ignore[attr-defined]
 
 
 AnyDB = Annotated[PostgreSQL | SQLite, Field(discriminator="db_type")]

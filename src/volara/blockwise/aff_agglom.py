@@ -12,7 +12,7 @@ from funlib.geometry import Coordinate, Roi
 from pydantic import field_validator
 
 from ..datasets import Affs, Dataset, Labels
-from ..dbs import AnyDB
+from ..dbs import AnyDB, ThreadConnections
 from ..graph_tables import owned_pairs, read_node_columns, write_edge_rows
 from ..kernels.agglomeration import mean_affinities, pair_distances
 from ..utils import PydanticCoordinate, check_identifier
@@ -118,7 +118,7 @@ class AffAgglom(GridTask):
     def process_block_func(self) -> Iterator:
         fragments = self.frags_data.array("r")
         affinities = self.affs_data.array("r")
-        graph_db = self.db.open("r+")
+        dbs = ThreadConnections(self.db)
         neighborhood = [tuple(offset) for offset in self.affs_data.neighborhood or []]
         scores = {
             name: [tuple(o) for o in offsets] for name, offsets in self.scores.items()
@@ -130,12 +130,12 @@ class AffAgglom(GridTask):
             if affs.dtype == np.uint8:
                 affs = affs.astype(np.float32) / 255.0
             u, v, means = mean_affinities(frags, affs, neighborhood, scores)
-            _write_block_edges(graph_db, block.write_roi, u, v, means)
+            _write_block_edges(dbs.get(), block.write_roi, u, v, means)
 
         try:
             yield process_block
         finally:
-            graph_db.close()  # type: ignore[attr-defined]
+            dbs.close_all()
 
 
 def _write_block_edges(

@@ -14,7 +14,7 @@ from funlib.persistence.types import Vec
 from pydantic import field_validator, model_validator
 
 from ..datasets import Dataset, Labels
-from ..dbs import AnyDB
+from ..dbs import AnyDB, ThreadConnections
 from ..graph_tables import owned_pairs, read_node_columns, write_edge_rows
 from ..kernels.agglomeration import adjacent_pairs, embedding_distances, lookup_rows
 from ..lut import LUT
@@ -155,7 +155,7 @@ class DistanceAgglom(GridTask):
     @contextmanager
     def process_block_func(self) -> Iterator:
         fragments = self.frags_data.array("r")
-        graph_db = self.db.open("r+")
+        dbs = ThreadConnections(self.db)
         keys = list(self.distance_keys or [])
         background = self.background_intensities or [0.0] * len(keys)
         metric, eps, threshold = self.distance_metric, self.eps, self.distance_threshold
@@ -165,7 +165,7 @@ class DistanceAgglom(GridTask):
             if u.size == 0:
                 return
             ids = np.concatenate([u, v])
-            nodes = read_node_columns(graph_db, ["position", *keys], ids=ids)
+            nodes = read_node_columns(dbs.get(), ["position", *keys], ids=ids)
             owned = owned_pairs(block.write_roi, u, v, nodes)
             embedding = _embeddings(nodes, keys, background)
             emb_u, _ = lookup_rows(u[owned], nodes["id"], embedding)
@@ -175,13 +175,13 @@ class DistanceAgglom(GridTask):
             if threshold is not None:
                 keep = distances <= threshold
             write_edge_rows(
-                graph_db, u[owned][keep], v[owned][keep], {"distance": distances[keep]}
+                dbs.get(), u[owned][keep], v[owned][keep], {"distance": distances[keep]}
             )
 
         try:
             yield process_block
         finally:
-            graph_db.close()  # type: ignore[attr-defined]
+            dbs.close_all()
 
 
 def _embeddings(nodes: dict, keys: list[str], background: list[float]) -> np.ndarray:

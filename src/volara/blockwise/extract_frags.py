@@ -10,7 +10,6 @@ node per fragment (center of mass, size) in the graph database.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +20,7 @@ from funlib.geometry import Coordinate, Roi
 from pydantic import Field, model_validator
 
 from ..datasets import Affs, Dataset, Labels, Raw
-from ..dbs import AnyDB, SQLite
+from ..dbs import AnyDB, SQLite, ThreadConnections
 from ..graph_writes import replace_nodes_in_roi
 from ..kernels import mutex_watershed as mws
 from ..kernels.relabel import relabel
@@ -171,7 +170,7 @@ class ExtractFrags(GridTask):
         mask = self.mask_data.array("r") if self.mask_data is not None else None
         # geometry looked up once: each property opens the input array
         grid = _Grid(affs.voxel_size, affs.roi, self.write_roi.offset, self.write_size)
-        dbs = _ThreadConnections(self.db)
+        dbs = ThreadConnections(self.db)
 
         def process_block(block) -> None:
             nodes = self.fragments_in_block(block, affs, mask, frags, grid)
@@ -249,27 +248,6 @@ def _crop(read_roi: Roi, write_roi: Roi, voxel_size: Coordinate) -> tuple[slice,
     begin = (write_roi.offset - read_roi.offset) / voxel_size
     end = begin + write_roi.shape / voxel_size
     return tuple(slice(b, e) for b, e in zip(begin, end, strict=True))
-
-
-class _ThreadConnections:
-    """One database connection per thread (an SQLite connection must stay in
-    the thread that opened it), all closed when the worker ends."""
-
-    def __init__(self, db: Any):
-        self.db, self.local = db, threading.local()
-        self.opened: list[Any] = []
-        self.lock = threading.Lock()
-
-    def get(self) -> Any:
-        if not hasattr(self.local, "connection"):
-            self.local.connection = self.db.open("r+")
-            with self.lock:
-                self.opened.append(self.local.connection)
-        return self.local.connection
-
-    def close_all(self) -> None:
-        for connection in self.opened:
-            connection.close()
 
 
 def check_per_offset_fields(name: str, task: Any) -> None:
