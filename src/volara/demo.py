@@ -47,25 +47,23 @@ def demo_pipeline(
     )
     fragments = Labels(store=container / "fragments")
     lut = LUT(path=workdir / "lut.npz")
-    extract_frags = ExtractFrags(
+    # what the two blockwise graph tasks share: inputs, graph and block layout
+    over_fragments: dict = dict(
         db=db,
         affs_data=affs,
         frags_data=fragments,
         block_size=Coordinate(block_size),
         context=Coordinate(context),
+        num_workers=num_workers,
+    )
+    extract_frags = ExtractFrags(
         bias=[
             SHORT_RANGE_BIAS if o in short else LONG_RANGE_BIAS for o in neighborhood
         ],
-        num_workers=num_workers,
+        **over_fragments,
     )
     aff_agglom = AffAgglom(
-        db=db,
-        affs_data=affs,
-        frags_data=fragments,
-        block_size=Coordinate(block_size),
-        context=Coordinate(context),
-        scores={"adj_weight": short, "lr_weight": long},
-        num_workers=num_workers,
+        scores={"adj_weight": short, "lr_weight": long}, **over_fragments
     )
     roi = affs.array("r").roi
     graph_mws = GraphMWS(
