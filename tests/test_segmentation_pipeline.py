@@ -30,12 +30,13 @@ def _segment(
     context=CONTEXT,
     db=None,
     num_workers: int = 2,
+    seed: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Run the pipeline; returns (segments, ground truth, LUT)."""
     workdir.mkdir(parents=True, exist_ok=True)
     set_log_basedir(workdir / "logs")
     generate_sample_data(
-        workdir / "sample.zarr", shape=SHAPE, num_cells=20, noise=noise, seed=1
+        workdir / "sample.zarr", shape=SHAPE, num_cells=20, noise=noise, seed=seed
     )
     pipeline = demo_pipeline(
         workdir, db=db, num_workers=num_workers, block_size=block_size, context=context
@@ -49,27 +50,48 @@ def _segment(
     return segments, truth, lut
 
 
-def test_blockwise_equals_one_block_and_is_accurate(tmp_path):
-    blockwise, truth, _ = _segment(tmp_path / "blocks", noise=0.15)
+@pytest.mark.parametrize("noise, seed", [(0.15, 1), (0.2, 2)])
+def test_blockwise_equals_one_block_and_is_accurate(tmp_path, noise, seed):
+    blockwise, truth, _ = _segment(tmp_path / "blocks", noise=noise, seed=seed)
     # one block covering the whole volume, same parameters
     whole, _, _ = _segment(
-        tmp_path / "whole", noise=0.15, block_size=SHAPE, context=(0, 0, 0)
+        tmp_path / "whole",
+        noise=noise,
+        seed=seed,
+        block_size=SHAPE,
+        context=(0, 0, 0),
     )
     assert segmentation_scores(blockwise, whole)["voi"] <= 0.01
-    # Measured on this volume (seed 1, noise 0.15): VOI 0.0, adapted Rand
-    # error 0.0, 20 segments for 20 cells, blockwise and whole alike. The
-    # thresholds leave room for platform differences in float summation only.
+    # Measured on seeds 1-4 at noise 0.15 and 0.2: blockwise and whole give
+    # the same segmentation (VOI 0.0 between them), VOI against the truth
+    # 0.0-0.004, adapted Rand error 0.0-0.001, every cell at least 94% inside a
+    # segment of its own (at noise 0.2 a small cell can leave a 5% piece
+    # apart, in both runs alike). The thresholds leave room for platform
+    # differences in float summation only.
     scores = segmentation_scores(blockwise, truth)
     assert scores["voi"] < 0.05, scores
     assert scores["adapted_rand_error"] < 0.02, scores
-    assert len(np.unique(blockwise[truth != 0])) == len(np.unique(truth[truth != 0]))
+    _assert_one_segment_per_cell(blockwise, truth, coverage=0.9)
+
+
+def _assert_one_segment_per_cell(segments, truth, coverage: float) -> None:
+    """Each cell lies mostly (``coverage``) in one segment, and no two cells
+    share that segment."""
+    main_segments = []
+    for cell in np.unique(truth[truth != 0]):
+        ids, counts = np.unique(segments[truth == cell], return_counts=True)
+        assert counts.max() >= coverage * counts.sum(), (cell, ids, counts)
+        main_segments.append(ids[counts.argmax()])
+    assert len(set(main_segments)) == len(main_segments)
 
 
 def test_noisier_data_still_segments_reasonably(tmp_path):
     segments, truth, _ = _segment(tmp_path, noise=0.3)
     scores = segmentation_scores(segments, truth)
-    # Measured (seed 1, noise 0.3): VOI 0.16 (split 0.12, merge 0.04), adapted
-    # Rand error 0.044. A merge of two of the 20 cells alone costs about 0.1
+    # Measured (seed 1, noise 0.3): VOI 0.155 (split 0.11, merge 0.05),
+    # adapted Rand error 0.018. At this noise the fragment graph's mutex
+    # watershed is unstable: one block over the whole volume scores VOI
+    # 0.01-0.13 on seeds 1-4, and blockwise differs from it by as much. A merge of two of the 20 cells alone costs about 0.1
     # bits of merge VOI and 0.05 of Rand error; the bounds catch a pipeline
     # that merges or shatters cells wholesale.
     assert scores["voi"] < 0.4, scores

@@ -209,6 +209,7 @@ class ExtractFrags(GridTask):
             sigma=self.sigma,
             noise_eps=self.noise_eps,
             noise_seed=[int(i) for i in block_index],
+            origin=block.read_roi.offset / voxel_size,
         )
         crop = _crop(block.read_roi, block.write_roi, voxel_size)
         fragments, _ = mws.filter_fragments(

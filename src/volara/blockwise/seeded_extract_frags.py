@@ -143,6 +143,7 @@ class SeededExtractFrags(GridTask):
                 seeds=seeds,
                 mask=inside,
                 keep_unseeded=False,
+                origin=block.read_roi.offset / voxel_size,
             )
             begin = (block.write_roi.offset - block.read_roi.offset) / voxel_size
             end = begin + block.write_roi.shape / voxel_size

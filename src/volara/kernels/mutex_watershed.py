@@ -43,6 +43,7 @@ def mutex_watershed(
     noise_eps: float | None = None,
     noise_seed: int | Sequence[int] = 0,
     keep_unseeded: bool = True,
+    origin: Sequence[int] | None = None,
 ) -> np.ndarray:
     """Split a volume into fragments with the mutex watershed.
 
@@ -66,6 +67,10 @@ def mutex_watershed(
             ``noise_seed`` so a rerun gives the same fragments.
         keep_unseeded: With seeds, whether fragments without a seed are kept
             (as new ids above the largest seed) or set to 0.
+        origin: Voxel coordinates of ``affs[:, 0, 0, 0]`` in the whole
+            volume (default 0). Edges of equal weight are ordered by a tiny
+            jitter computed from these global coordinates, so a block and
+            the whole volume order them alike (see `tie_break_jitter`).
 
     Returns uint64 labels of the spatial shape. Without seeds, fragments are
     numbered ``1..n``; 0 only marks masked voxels.
@@ -73,6 +78,7 @@ def mutex_watershed(
     weights = _edge_weights(
         affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed
     )
+    weights += tie_break_jitter(weights.shape, origin)
     seed_values, shifted_seeds = _shift_seeds(seeds, weights.shape[1:])
     raw = mwatershed.agglom(
         weights,
@@ -108,6 +114,46 @@ def _edge_weights(
         (-1,) + (1,) * (weights.ndim - 1)
     )
     return weights
+
+
+TIE_BREAK_SCALE = 1e-7
+"""Largest jitter per axis: far below any affinity step that matters (an
+8-bit affinity step is 4e-3), far above float64 resolution (1e-16)."""
+
+
+def tie_break_jitter(
+    shape: Sequence[int], origin: Sequence[int] | None = None
+) -> np.ndarray:
+    """A tiny, position-dependent offset for every edge weight.
+
+    mwatershed sorts edges with an unstable sort, so edges of equal weight
+    (common: clipped or 8-bit affinities) are taken in an order that depends
+    on the array's extent, and a block cut from a volume can grow different
+    fragments than the whole volume does. Adding a jitter that is a function
+    of the global position only (one hashed value per channel and per
+    coordinate along each axis, summed) gives every crop the same order.
+    Returns an array broadcastable to ``shape`` (channels first).
+    """
+    spatial = len(shape) - 1
+    origin = (0,) * spatial if origin is None else tuple(int(o) for o in origin)
+    jitter = np.zeros((1,) * len(shape))
+    for axis, (length, start) in enumerate(zip(shape, (0, *origin), strict=True)):
+        coordinates = np.arange(start, start + length, dtype=np.int64)
+        values = _hash_to_unit(coordinates, salt=axis) * TIE_BREAK_SCALE
+        jitter = jitter + values.reshape(
+            (1,) * axis + (length,) + (1,) * (len(shape) - axis - 1)
+        )
+    return jitter
+
+
+def _hash_to_unit(values: np.ndarray, salt: int) -> np.ndarray:
+    """splitmix64 of ``values`` (mixed with ``salt``) as floats in [0, 1)."""
+    increment = np.uint64((0x9E3779B97F4A7C15 * (salt + 1)) % 2**64)
+    x = values.astype(np.uint64) + increment
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
 
 
 def _shift_seeds(
