@@ -11,11 +11,15 @@ import pytest
 from conftest import write_array
 from volara.blockwise import (
     BUILTIN_TASKS,
+    CLAHE,
     AffAgglom,
+    ApplyShift,
     Argmax,
+    ComputeShift,
     DistanceAgglom,
     ExtractFrags,
     GraphMWS,
+    LambdaTask,
     Relabel,
     SeededExtractFrags,
     Threshold,
@@ -59,6 +63,39 @@ def example_tasks(tmp_path) -> dict[str, object]:
     )
     bias = [-0.4, -0.4, -0.4, -0.7]
     return {
+        "compute_shift": ComputeShift(
+            intensities=raw,
+            target=Raw(store="d.zarr/target"),
+            shifts=Raw(store="d.zarr/shifts"),
+            block_size=[4, 4, 4],
+            context=[1, 1, 1],
+            mask=Labels(store="d.zarr/mask"),
+            overlap_ratio=0.5,
+        ),
+        "apply_shifts": ApplyShift(
+            intensities=raw,
+            shifts=Raw(store="d.zarr/shifts"),
+            aligned=Raw(store="d.zarr/aligned"),
+            interp_shifts=Raw(store="d.zarr/interp"),
+            shift_threshold=20.0,
+        ),
+        "clahe": CLAHE(
+            in_arr=raw,
+            out_arr=Raw(store="d.zarr/clahe"),
+            mask_arr=Raw(store="d.zarr/mask"),
+            kernel=[4, 8, 8],
+            block_size=[4, 8, 8],
+            in_range=(0, 255),
+            clip_limit=0.02,
+        ),
+        "lambda": LambdaTask(
+            in_data=raw,
+            out_data=Raw(store="d.zarr/lambda"),
+            lambda_func="numpy:negative",
+            block_size=[4, 4, 4],
+            context=[1, 1, 1],
+            out_array_dtype="float32",
+        ),
         "threshold": Threshold(
             in_data=raw,
             mask=Labels(store="d.zarr/mask"),

@@ -7,12 +7,16 @@ including tasks that plugin packages register under the
 """
 
 from .aff_agglom import AffAgglom
+from .apply_shift import ApplyShift
 from .argmax import Argmax
 from .blockwise import BlockwiseTask
+from .clahe import CLAHE
+from .compute_shift import ComputeShift
 from .distance_agglom import DistanceAgglom
 from .extract_frags import ExtractFrags
 from .graph_mws import GraphMWS
 from .grid import GridTask
+from .lambda_task import LambdaTask
 from .pipeline import Pipeline
 from .registry import (
     available_task_types,
@@ -29,10 +33,14 @@ from .threshold import Threshold
 
 BUILTIN_TASKS: list[type[BlockwiseTask]] = [
     AffAgglom,
+    ApplyShift,
     Argmax,
+    CLAHE,
+    ComputeShift,
     DistanceAgglom,
     ExtractFrags,
     GraphMWS,
+    LambdaTask,
     Relabel,
     SeededExtractFrags,
     Threshold,
@@ -40,12 +48,16 @@ BUILTIN_TASKS: list[type[BlockwiseTask]] = [
 
 __all__ = [
     "AffAgglom",
+    "ApplyShift",
     "Argmax",
+    "CLAHE",
+    "ComputeShift",
     "DistanceAgglom",
     "ExtractFrags",
     "GraphMWS",
     "BlockwiseTask",
     "GridTask",
+    "LambdaTask",
     "Pipeline",
     "Relabel",
     "SeededExtractFrags",

@@ -7,7 +7,10 @@ task by ``task_type``; that is all a cluster worker needs to rebuild it.
 
 Config files are plain data: they are parsed with ``json`` or
 ``yaml.safe_load`` and validated by the task models. Nothing in them is
-evaluated or unpickled.
+evaluated or unpickled, with one exception: a `LambdaTask` whose
+``lambda_func`` is a base64 cloudpickle (the volara 1 form) unpickles it,
+which executes code. Load such configs only from people you trust, or name
+the function as ``"package.module:function"`` instead.
 """
 
 from __future__ import annotations
@@ -105,6 +108,10 @@ def load_task(config: dict[str, Any]) -> BlockwiseTask:
     """Build a task from its config dict (as written by ``model_dump``)."""
     if not isinstance(config, dict) or "task_type" not in config:
         raise ValueError("a task config is a mapping with a 'task_type' key")
+    if not isinstance(config["task_type"], str):
+        raise ValueError(
+            f"task_type must be a string naming a task, got {config['task_type']!r}"
+        )
     return get_task(config["task_type"]).model_validate(config)
 
 
@@ -159,10 +166,12 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     """Parse a JSON (``.json``) or YAML (anything else) config file."""
     path = Path(path)
     text = path.read_text()
-    if path.suffix == ".json":
-        data = json.loads(text)
-    else:
-        data = yaml.safe_load(text)
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        # safe_load refuses tags such as !!python/object: configs hold data,
+        # never code
+        raise ValueError(f"{path}: not a valid config file: {e}") from e
     if not isinstance(data, dict):
         raise ValueError(
             f"{path}: a config file holds a mapping, got {type(data).__name__}"
