@@ -233,3 +233,29 @@ def test_drop_deletes_the_array(tmp_path):
     labels.drop()
     assert not labels.exists()
     labels.drop()  # dropping twice is fine
+
+
+def test_a_volara1_dataset_config_loads_and_writable_false_protects_it(tmp_path):
+    from volara.blockwise import Threshold
+
+    write_array(tmp_path / "d.zarr" / "raw", np.ones((4, 4, 4), dtype=np.float32))
+    # the keys volara 1.0.5 writes into every dataset of a dumped config
+    raw = Raw.model_validate(
+        {
+            "dataset_type": "raw",
+            "store": str(tmp_path / "d.zarr" / "raw"),
+            "writable": False,
+            "zarr_kwargs": {},
+            "s3_kwargs": None,
+        }
+    )
+    assert raw.array("r").shape == (4, 4, 4)
+    with pytest.raises(PermissionError, match="Raw.writable is False"):
+        raw.array("r+")
+    protected = Labels(store=tmp_path / "d.zarr" / "mask", writable=False)
+    task = Threshold(in_data=raw, mask=protected, threshold=0.5, block_size=(2, 2, 2))
+    with pytest.raises(PermissionError, match="Labels.writable is False"):
+        task.run_blockwise(multiprocessing=False)
+    assert not (tmp_path / "d.zarr" / "mask").exists()
+    with pytest.raises(ValueError, match="S3 stores are not supported"):
+        Raw(store="x.zarr", s3_kwargs={"endpoint": "e"})

@@ -47,6 +47,26 @@ class Dataset(StrictBaseModel, ABC):
     """Names of all axes (channel axes end in ``^`` by convention)."""
     units: list[str] | None = None
     """Unit of each spatial axis, e.g. ``["nm", "nm", "nm"]``."""
+    writable: bool = True
+    """Whether a task may create or write this array. Set it to False to
+    protect an input: a task that would write it is refused before any block
+    runs."""
+    zarr_kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Extra keyword arguments for zarr when the array is opened or created
+    (e.g. ``{"compressors": ...}``); passed through funlib.persistence."""
+    s3_kwargs: dict[str, Any] | None = None
+    """Accepted so volara 1 configs load; must stay unset, volara 2 reads and
+    writes local (or network-mounted) stores only."""
+
+    @field_validator("s3_kwargs")
+    @classmethod
+    def _no_s3(cls, s3_kwargs: dict[str, Any] | None) -> None:
+        if s3_kwargs is not None:
+            raise ValueError(
+                "S3 stores are not supported by volara 2: leave s3_kwargs unset and "
+                "copy or mount the data on a file system"
+            )
+        return None
 
     @field_validator("store")
     @classmethod
@@ -84,11 +104,14 @@ class Dataset(StrictBaseModel, ABC):
             "axis_names": self.axis_names,
             "units": self.units,
         }
+        if mode != "r":
+            self.check_writable()
         try:
             array = open_ds(
                 str(self.store),
                 mode=mode,
                 **{k: v for k, v in overrides.items() if v is not None},
+                **self.zarr_kwargs,
             )
         except (FileNotFoundError, TypeError) as e:
             raise FileNotFoundError(
@@ -120,6 +143,7 @@ class Dataset(StrictBaseModel, ABC):
         voxel size is an error listing each difference; it is never
         overwritten (call `drop` first to start over).
         """
+        self.check_writable()
         shape = tuple(int(s) for s in shape)
         chunk_shape = tuple(int(c) for c in chunk_shape)
         offset = Coordinate(offset)
@@ -143,6 +167,7 @@ class Dataset(StrictBaseModel, ABC):
                 chunk_shape=chunk_shape,
                 dtype=dtype,
                 mode=mode,
+                **self.zarr_kwargs,
             )
         except PermissionError as e:
             raise PermissionError(
@@ -156,6 +181,14 @@ class Dataset(StrictBaseModel, ABC):
             ) from e
         if self.attrs:
             array._source_data.attrs.update(_jsonable(self.attrs))
+
+    def check_writable(self) -> None:
+        """Raise if `writable` is False (a task is about to write this array)."""
+        if not self.writable:
+            raise PermissionError(
+                f"{type(self).__name__}.writable is False for {self.store!s}, but a "
+                "task would write it. Write to another store, or set writable=True."
+            )
 
     def _check_compatible(
         self,
