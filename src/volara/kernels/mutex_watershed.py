@@ -70,7 +70,7 @@ def mutex_watershed(
         origin: Voxel coordinates of ``affs[:, 0, 0, 0]`` in the whole
             volume (default 0). Edges of equal weight are ordered by a tiny
             jitter computed from these global coordinates, so a block and
-            the whole volume order them alike (see `tie_break_jitter`).
+            the whole volume order them alike (see `add_tie_break_jitter`).
 
     Returns uint64 labels of the spatial shape. Without seeds, fragments are
     numbered ``1..n``; 0 only marks masked voxels.
@@ -78,7 +78,7 @@ def mutex_watershed(
     weights = _edge_weights(
         affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed
     )
-    weights += tie_break_jitter(weights.shape, origin)
+    add_tie_break_jitter(weights, origin)
     seed_values, shifted_seeds = _shift_seeds(seeds, weights.shape[1:])
     raw = mwatershed.agglom(
         weights,
@@ -121,29 +121,35 @@ TIE_BREAK_SCALE = 1e-7
 8-bit affinity step is 4e-3), far above float64 resolution (1e-16)."""
 
 
-def tie_break_jitter(
-    shape: Sequence[int], origin: Sequence[int] | None = None
-) -> np.ndarray:
-    """A tiny, position-dependent offset for every edge weight.
+def add_tie_break_jitter(
+    weights: np.ndarray, origin: Sequence[int] | None = None
+) -> None:
+    """Add a tiny, position-dependent offset to every edge weight, in place.
 
     mwatershed sorts edges with an unstable sort, so edges of equal weight
     (common: clipped or 8-bit affinities) are taken in an order that depends
     on the array's extent, and a block cut from a volume can grow different
-    fragments than the whole volume does. Adding a jitter that is a function
-    of the global position only (one hashed value per channel and per
-    coordinate along each axis, summed) gives every crop the same order.
-    Returns an array broadcastable to ``shape`` (channels first).
+    fragments than the whole volume does. A jitter that is a function of the
+    global position only (one hashed value per channel and per coordinate
+    along each axis, summed) gives every crop the same order. ``weights`` is
+    channels first; ``origin`` is the voxel coordinate of its first voxel.
     """
-    spatial = len(shape) - 1
-    origin = (0,) * spatial if origin is None else tuple(int(o) for o in origin)
-    jitter = np.zeros((1,) * len(shape))
-    for axis, (length, start) in enumerate(zip(shape, (0, *origin), strict=True)):
-        coordinates = np.arange(start, start + length, dtype=np.int64)
-        values = _hash_to_unit(coordinates, salt=axis) * TIE_BREAK_SCALE
-        jitter = jitter + values.reshape(
-            (1,) * axis + (length,) + (1,) * (len(shape) - axis - 1)
-        )
-    return jitter
+    shape = weights.shape
+    origin = (0,) * (len(shape) - 1) if origin is None else tuple(origin)
+    starts = (0, *(int(o) for o in origin))
+    # all axes but the last summed on a small array, then two passes over
+    # the weights instead of one per axis
+    leading = np.zeros((*shape[:-1], 1))
+    for axis in range(len(shape) - 1):
+        leading += _axis_jitter(shape, axis, starts[axis])
+    weights += leading
+    weights += _axis_jitter(shape, len(shape) - 1, starts[-1])
+
+
+def _axis_jitter(shape: tuple[int, ...], axis: int, start: int) -> np.ndarray:
+    coordinates = np.arange(start, start + shape[axis], dtype=np.int64)
+    values = _hash_to_unit(coordinates, salt=axis) * TIE_BREAK_SCALE
+    return values.reshape((1,) * axis + (shape[axis],) + (1,) * (len(shape) - axis - 1))
 
 
 def _hash_to_unit(values: np.ndarray, salt: int) -> np.ndarray:
