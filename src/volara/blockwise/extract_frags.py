@@ -199,6 +199,7 @@ class ExtractFrags(GridTask):
             else None
         )
         block_index = (block.write_roi.offset - grid.first_block) / grid.block_size
+        crop = _crop(block.read_roi, block.write_roi, voxel_size)
         fragments = mws.mutex_watershed(
             data,
             self.neighborhood,
@@ -210,10 +211,10 @@ class ExtractFrags(GridTask):
             noise_eps=self.noise_eps,
             noise_seed=[int(i) for i in block_index],
             origin=block.read_roi.offset / voxel_size,
+            crop=crop,
         )
-        crop = _crop(block.read_roi, block.write_roi, voxel_size)
         fragments, _ = mws.filter_fragments(
-            fragments[crop],
+            fragments,
             data[(slice(None), *crop)],
             min_mean_affinity=self.filter_fragments,
             min_size=self.remove_debris,

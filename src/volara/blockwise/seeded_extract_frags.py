@@ -134,6 +134,8 @@ class SeededExtractFrags(GridTask):
             inside = None
             if mask is not None:
                 inside = mask.to_ndarray(block.read_roi, fill_value=0) > 0
+            begin = (block.write_roi.offset - block.read_roi.offset) / voxel_size
+            end = begin + block.write_roi.shape / voxel_size
             labels = mutex_watershed(
                 data,
                 self.neighborhood,
@@ -144,10 +146,9 @@ class SeededExtractFrags(GridTask):
                 mask=inside,
                 keep_unseeded=False,
                 origin=block.read_roi.offset / voxel_size,
+                crop=tuple(map(slice, begin, end)),
             )
-            begin = (block.write_roi.offset - block.read_roi.offset) / voxel_size
-            end = begin + block.write_roi.shape / voxel_size
-            segs[block.write_roi] = labels[tuple(map(slice, begin, end))]
+            segs[block.write_roi] = labels
 
         yield process_block
 

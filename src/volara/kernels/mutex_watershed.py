@@ -44,6 +44,7 @@ def mutex_watershed(
     noise_seed: int | Sequence[int] = 0,
     keep_unseeded: bool = True,
     origin: Sequence[int] | None = None,
+    crop: tuple[slice, ...] | None = None,
 ) -> np.ndarray:
     """Split a volume into fragments with the mutex watershed.
 
@@ -71,8 +72,11 @@ def mutex_watershed(
             volume (default 0). Edges of equal weight are ordered by a tiny
             jitter computed from these global coordinates, so a block and
             the whole volume order them alike (see `add_tie_break_jitter`).
+        crop: Spatial slices of the labels to return (e.g. a block without
+            its context); only these are numbered, which saves a sort of
+            the context's voxels.
 
-    Returns uint64 labels of the spatial shape. Without seeds, fragments are
+    Returns uint64 labels of the spatial shape (or of ``crop``). Without seeds, fragments are
     numbered ``1..n``; 0 only marks masked voxels.
     """
     weights = _edge_weights(
@@ -87,9 +91,12 @@ def mutex_watershed(
         strides=None if strides is None else [[int(s) for s in st] for st in strides],
         randomized_strides=randomized_strides,
     )
-    labels = _compact_ids(np.asarray(raw, dtype=np.uint64), seed_values, keep_unseeded)
+    raw = np.asarray(raw, dtype=np.uint64)
+    seed_base = np.uint64(raw.size + 1)  # as in _shift_seeds
+    crop = crop if crop is not None else (slice(None),) * raw.ndim
+    labels = _compact_ids(raw[crop], seed_values, seed_base, keep_unseeded)
     if mask is not None:
-        labels[~np.asarray(mask, dtype=bool)] = 0
+        labels[~np.asarray(mask, dtype=bool)[crop]] = 0
     return labels
 
 
@@ -184,10 +191,10 @@ def _shift_seeds(
 
 
 def _compact_ids(
-    raw: np.ndarray, seed_values: np.ndarray, keep_unseeded: bool
+    raw: np.ndarray, seed_values: np.ndarray, base: np.uint64, keep_unseeded: bool
 ) -> np.ndarray:
+    # raw ids at or above ``base`` are shifted seeds, the others voxel indices
     ids, inverse = np.unique(raw, return_inverse=True)
-    base = np.uint64(raw.size + 1)
     seeded = ids >= base
     new_ids = np.zeros(ids.shape, dtype=np.uint64)
     new_ids[seeded] = seed_values[(ids[seeded] - base).astype(np.int64)]
