@@ -26,7 +26,14 @@ from tasks_for_tests import AddArrays, SlowCopy, WorldBlocks, WriteNodes
 from volara.blockwise import BlockwiseTask, Threshold
 from volara.datasets import Labels, Raw
 from volara.dbs import PostgreSQL, SQLite
-from volara.workers import AnyWorker, LocalWorker, LSFWorker, SlurmWorker, Worker
+from volara.workers import (
+    AnyWorker,
+    LocalWorker,
+    LSFWorker,
+    SlurmWorker,
+    Worker,
+    volara_cli,
+)
 
 TESTS_DIR = Path(__file__).parent
 
@@ -215,7 +222,7 @@ def test_volara_1_worker_config_loads_as_local_worker(tmp_path):
 def test_cluster_worker_commands():
     config = Path("/x/config.json")
     assert LocalWorker().get_command(config, "t") == [
-        "volara-cli",
+        *volara_cli(),
         "blockwise-worker",
         "-c",
         "/x/config.json",

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
 import click
+
+logger = logging.getLogger(__name__)
 
 
 @click.group()
@@ -32,13 +37,132 @@ def cli(log_level: str) -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="A task config (JSON or YAML), as saved in the task's meta directory.",
 )
-def blockwise_worker(config_file: Path) -> None:
-    """Process blocks of the task in CONFIG_FILE for the daisy server named
-    in the DAISY_CONTEXT environment variable, until none are left."""
+@click.option(
+    "--server",
+    metavar="HOST:PORT",
+    default=None,
+    help="The daisy server to get blocks from. Default: the one in the "
+    "DAISY_CONTEXT environment variable, else the one the running pipeline "
+    "recorded beside the config (server.json).",
+)
+@click.option(
+    "--worker-id",
+    type=int,
+    default=None,
+    help="This worker's id in the run; volara passes it to the workers it "
+    "starts. Leave it out for a worker you start yourself.",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Directory to run in: relative paths in the config resolve against it.",
+)
+@click.option(
+    "--connect-timeout",
+    type=float,
+    default=None,
+    help="Seconds to keep trying to reach the server before failing "
+    "(default: the task's worker_config.connect_timeout, 60).",
+)
+def blockwise_worker(
+    config_file: Path,
+    server: str | None,
+    worker_id: int | None,
+    workdir: Path | None,
+    connect_timeout: float | None,
+) -> None:
+    """Process blocks of the task in CONFIG_FILE for a running pipeline, until
+    none are left. Runs on any machine that sees the config and the data and
+    can reach the pipeline's daisy server."""
     from .blockwise.registry import load_task, read_config_file
+    from .workers import (
+        DEFAULT_CONNECT_TIMEOUT_SECONDS,
+        EXIT_SERVER_GONE,
+        ServerGone,
+        wait_for_server,
+    )
 
+    config_file = config_file.absolute()
+    if workdir is not None:
+        os.chdir(workdir)
     task = load_task(read_config_file(config_file))
+    context = _worker_context(task.task_name, config_file, server, worker_id)
+    # the worker loop, its daisy client and volara's log directory all read
+    # the context from the environment
+    os.environ["DAISY_CONTEXT"] = context.to_env()
+    if connect_timeout is None:
+        connect_timeout = (
+            task.worker_config.connect_timeout
+            if task.worker_config is not None
+            else DEFAULT_CONNECT_TIMEOUT_SECONDS
+        )
+    host, port = context["hostname"], int(context["port"])
+    worker_id = int(context["worker_id"])
+    worker = (
+        f"worker {worker_id} of {task.task_name}"
+        if worker_id >= 0
+        else f"a worker of {task.task_name} started by hand"
+    )
+    try:
+        local_address = wait_for_server(host, port, connect_timeout)
+    except ServerGone as e:
+        click.echo(f"{worker}: {e}", err=True)
+        sys.exit(EXIT_SERVER_GONE)
+    except ConnectionError as e:
+        raise click.ClickException(f"{worker}: {e}") from e
+    logger.info(
+        "%s on %s: daisy server %s:%s reached from %s",
+        worker,
+        socket.gethostname(),
+        host,
+        port,
+        local_address,
+    )
     task.process_blocks()
+
+
+def _worker_context(
+    task_name: str, config_file: Path, server: str | None, worker_id: int | None
+):
+    """The daisy context of a worker: DAISY_CONTEXT, overridden by the command
+    line, completed from the server record beside the config."""
+    import daisy.v2 as daisy
+
+    from .logging import get_log_basedir
+    from .workers import SERVER_RECORD
+
+    values: dict = {}
+    if os.environ.get("DAISY_CONTEXT"):
+        values.update(daisy.Context.from_env().items())
+    if server is not None:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            raise click.BadParameter(
+                f"expected HOST:PORT, got {server!r}", param_hint="--server"
+            )
+        values.update(hostname=host.strip("[]"), port=int(port))
+    elif "hostname" not in values:
+        record = config_file.parent / SERVER_RECORD
+        if not record.exists():
+            raise click.ClickException(
+                "no daisy server given: pass --server HOST:PORT, or set "
+                f"DAISY_CONTEXT; a running pipeline records its server in {record} "
+                "once it started a worker through a worker_config"
+            )
+        recorded = json.loads(record.read_text())
+        values.update(hostname=recorded["host"], port=recorded["port"])
+    if worker_id is not None:
+        values["worker_id"] = worker_id
+    values.setdefault("worker_id", -1)
+    values["task_id"] = task_name
+    if not values.get("logdir"):
+        # a saved config lives in <log dir>/<task name>-meta/
+        in_meta_dir = config_file.parent.name == f"{task_name}-meta"
+        values["logdir"] = str(
+            config_file.parent.parent if in_meta_dir else get_log_basedir()
+        )
+    return daisy.Context(**values)
 
 
 @cli.command("run")
