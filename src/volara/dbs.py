@@ -13,7 +13,9 @@ database name is checked to be a plain identifier before it reaches it.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -139,6 +141,19 @@ class DB(StrictBaseModel, ABC):
             self._check_stored_attrs()
         return self._connect(mode)
 
+    def check_usable(self) -> None:
+        """Raise a clear error if a task could not use this database: the
+        server is unreachable, the location cannot be written, or an existing
+        graph has other attributes than this config names. Creates nothing."""
+        if self.exists():
+            self._check_stored_attrs()
+        else:
+            self._check_creatable()
+
+    def _check_creatable(self) -> None:
+        """Raise if the database could not be created (backends that can tell
+        without creating anything)."""
+
     def init(self) -> None:
         """Create the database if it does not exist yet; check that an existing
         one has the attributes this config names."""
@@ -230,6 +245,40 @@ class SQLite(DB):
     def exists(self) -> bool:
         return self.path.exists() and self.meta_path.exists()
 
+    def _check_creatable(self) -> None:
+        if self.path.is_file():
+            self._check_sqlite_file()
+            return
+        existing = self.path.parent
+        while not existing.exists():
+            existing = existing.parent
+        if self.path.is_dir() or not existing.is_dir():
+            raise PermissionError(
+                f"SQLite.path: cannot create {self.path}: "
+                f"{self.path if self.path.is_dir() else existing} is not a "
+                "directory it could be created in. Choose another path."
+            )
+        if not os.access(existing, os.W_OK):
+            raise PermissionError(
+                f"SQLite.path: cannot create {self.path}: {existing} is not "
+                "writable. Choose a writable location."
+            )
+
+    def _check_sqlite_file(self) -> None:
+        try:
+            connection = sqlite3.connect(
+                f"{self.path.absolute().as_uri()}?mode=ro", uri=True
+            )
+            try:
+                connection.execute("PRAGMA schema_version").fetchone()
+            finally:
+                connection.close()
+        except sqlite3.DatabaseError as e:
+            raise ValueError(
+                f"SQLite.path: {self.path} exists but is not an SQLite database "
+                f"({e}). Point path at another file, or delete this one."
+            ) from e
+
     def _connect(self, mode: str, with_attrs: bool = True) -> SQLiteGraphDataBase:
         node_attrs, edge_attrs = self.graph_attrs if with_attrs else (None, None)
         try:
@@ -246,12 +295,26 @@ class SQLite(DB):
                 f"SQLite.path: cannot open {self.path} ({e}). Choose a writable "
                 "location."
             ) from e
-        # Several workers write one file at once: WAL lets readers and a writer
-        # proceed together, and the busy timeout makes writers queue instead of
-        # failing with "database is locked".
-        db.con.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        db.con.execute("PRAGMA journal_mode=WAL")
+        except json.JSONDecodeError as e:
+            raise self._not_a_graph(e) from e
+        try:
+            # Several workers write one file at once: WAL lets readers and a
+            # writer proceed together, and the busy timeout makes writers
+            # queue instead of failing with "database is locked".
+            db.con.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            db.con.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            raise
+        except sqlite3.DatabaseError as e:  # the file is something else
+            raise self._not_a_graph(e) from e
         return db
+
+    def _not_a_graph(self, error: Exception) -> ValueError:
+        return ValueError(
+            f"SQLite.path: {self.path} (or its metadata {self.meta_path.name}) "
+            f"is not a volara graph database ({error}). Point path at another "
+            "file, or delete these files to start over."
+        )
 
     def drop(self) -> None:
         for path in (
@@ -266,7 +329,8 @@ class SQLite(DB):
 
 class PostgreSQL(DB):
     """A graph in a PostgreSQL database: for many workers on many machines.
-    The database is created on first use."""
+    The database is created on first use. Float attributes (positions,
+    scores) are stored as 32-bit ``REAL``: about 7 significant digits."""
 
     db_type: Literal["postgresql"] = "postgresql"
     """Tag that selects this class when a config is loaded."""

@@ -17,7 +17,7 @@ from .extract_frags import ExtractFrags
 from .graph_mws import GraphMWS
 from .grid import GridTask
 from .lambda_task import LambdaTask
-from .pipeline import Pipeline
+from .pipeline import Pipeline, TaskResult
 from .registry import (
     available_task_types,
     get_task,
@@ -60,6 +60,7 @@ __all__ = [
     "LambdaTask",
     "Pipeline",
     "Relabel",
+    "TaskResult",
     "SeededExtractFrags",
     "Threshold",
     "available_task_types",

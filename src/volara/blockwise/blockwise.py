@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
 import threading
 import warnings
 from abc import ABC, abstractmethod
@@ -42,6 +40,7 @@ from funlib.geometry import Coordinate, Roi
 from pydantic import Field, field_validator
 
 from ..datasets import Dataset
+from ..dbs import DB
 from ..logging import get_log_basedir
 from ..utils import PydanticRoi, StrictBaseModel
 from ..workers import AnyWorker, LocalWorker, Worker
@@ -164,6 +163,10 @@ class BlockwiseTask(StrictBaseModel, ABC):
         """Validate inputs and parameters that need I/O (called before `init`
         and before any block runs). Raise `ValueError` naming the field."""
 
+    def _check_outputs_writable(self) -> None:
+        for dataset in self.output_datasets:
+            dataset.check_writable()
+
     def drop_artifacts(self) -> None:
         """Delete what the task wrote. Default: its `output_datasets`."""
         for dataset in self.output_datasets:
@@ -205,11 +208,51 @@ class BlockwiseTask(StrictBaseModel, ABC):
             "outputs": [str(path.absolute()) for path in self.output_paths],
         }
 
+    def _unreadable_input(self) -> OSError | None:
+        """An error naming this task's field whose input array is missing or
+        unreadable (the dataset's own error only knows its ``store``)."""
+        outputs = {str(path.absolute()) for path in self.output_paths}
+        for field in type(self).model_fields:
+            dataset = getattr(self, field)
+            if (
+                not isinstance(dataset, Dataset)
+                or str(Path(dataset.store).absolute()) in outputs
+                or self.produced_upstream(dataset.store)
+            ):
+                continue
+            where = f"{type(self).__name__}.{field}"
+            try:
+                dataset.array("r")
+            except FileNotFoundError as e:
+                return FileNotFoundError(f"{where}: {e}")
+            except PermissionError as e:
+                return PermissionError(
+                    f"{where}: cannot read {dataset.store!s} ({e}). Check its "
+                    "permissions."
+                )
+        return None
+
+    def _check_databases(self) -> None:
+        # before `init`, which creates outputs: a database that cannot be
+        # used must not leave a half-prepared run behind
+        for field in type(self).model_fields:
+            db = getattr(self, field)
+            if not isinstance(db, DB):
+                continue
+            where = f"{type(self).__name__}.{field}"
+            try:
+                db.check_usable()
+            except (ConnectionError, PermissionError, FileNotFoundError) as e:
+                raise type(e)(f"{where}: {e}") from e
+            except ValueError as e:
+                raise ValueError(f"{where}: {e}") from e
+
     def _check_geometry(self) -> None:
         write_size, write_roi = self.write_size, self.write_roi
         low, high = self.context_low_high
         name = type(self).__name__
-        if write_roi.empty:
+        # an empty region snapped to a grid comes back unbounded
+        if write_roi.empty or write_roi.unbounded:
             raise ValueError(
                 f"{name}: nothing to process: the write region {write_roi} is empty "
                 "(check roi against the input's extent)"
@@ -279,7 +322,35 @@ class BlockwiseTask(StrictBaseModel, ABC):
                     + "\nEither restore the old parameters to resume, or start over "
                     f"with task.drop() (removes {self.meta_dir})."
                 )
+        if self.block_ds.exists():
+            self._check_tracking_fits_layout()
         self.layout_file.write_text(json.dumps(layout, indent=2))
+
+    def _check_tracking_fits_layout(self) -> None:
+        # daisy keeps its own fingerprint of the block grid in the tracking
+        # zarr: this catches tracking whose layout.json is missing or stale
+        # before any output is touched, instead of when daisy starts
+        try:
+            self._tracking_task().failed_blocks()
+        except RuntimeError as e:
+            raise ValueError(
+                f"task {self.task_name!r}: the block tracking at {self.block_ds} "
+                f"does not fit this task's block layout ({e}). Restore the "
+                "parameters it was made with to resume, or start over with "
+                f"task.drop() (removes {self.meta_dir})."
+            ) from e
+
+    def failed_blocks(self) -> list[Roi]:
+        """Write regions (world units) of the blocks recorded as failed and
+        not done since: those whose every attempt raised or timed out. The
+        next run retries them."""
+        if not self.block_ds.exists():
+            return []
+        return [block.write_roi for block in self._tracking_task().failed_blocks()]
+
+    def _tracking_task(self) -> daisy.Task:
+        """The task's daisy description, for reading its block tracking."""
+        return self._daisy_task(None, None)
 
     def write_config(self) -> Path:
         """Save this task as JSON in its meta directory and return the path."""
@@ -334,28 +405,26 @@ class BlockwiseTask(StrictBaseModel, ABC):
         """The function each worker slot runs (in its own process)."""
         if self.worker_config is None:
             return self.process_blocks
-        config_file = self.write_config()
-        worker_config, task_name = self.worker_config, self.task_name
-
-        def run_worker(*, context: daisy.Context) -> None:
-            command = worker_config.get_command(config_file, task_name)
-            env = dict(os.environ, DAISY_CONTEXT=context.to_env())
-            result = subprocess.run(command, env=env)
-            if result.returncode != 0:
-                raise RuntimeError(
-                    f"worker command exited with code {result.returncode}: "
-                    + subprocess.list2cmdline(command)
-                )
-
-        return run_worker
+        # a missing sbatch or an unknown queue is reported before any block
+        # runs, not by every worker daisy starts
+        self.worker_config.check_available()
+        return self.worker_config.spawn_function(self.write_config(), self.task_name)
 
     def prepare_run(self) -> None:
         """Everything that happens before blocks are handed out: checks, block
         tracking, outputs. Errors here leave no block marked done."""
         # check_config first: it reports inputs and dimensions that do not
         # match, which the geometry check would trip over less clearly
-        self.check_config()
+        try:
+            self.check_config()
+        except (FileNotFoundError, PermissionError) as error:
+            unreadable = self._unreadable_input()
+            if unreadable is None:
+                raise
+            raise unreadable from error
+        self._check_outputs_writable()
         self._check_geometry()
+        self._check_databases()
         self.init_block_array()
         self.init()
         self.write_config()
@@ -381,7 +450,7 @@ class BlockwiseTask(StrictBaseModel, ABC):
 
     def _daisy_task(
         self,
-        process_function: Callable,
+        process_function: Callable | None,
         upstream_tasks: daisy.Task | list[daisy.Task] | None,
     ) -> daisy.Task:
         low, high = self.context_low_high
@@ -398,6 +467,10 @@ class BlockwiseTask(StrictBaseModel, ABC):
             timeout=self.block_timeout,
             tracking_path=str(self.block_ds),
         )
+        if self.worker_config is not None:
+            kwargs["max_worker_restarts"] = self.worker_config.restart_budget(
+                self.num_workers
+            )
         if not upstream_tasks:
             return daisy.Task(**kwargs)
         from daisy import v1_compat
@@ -416,12 +489,17 @@ class BlockwiseTask(StrictBaseModel, ABC):
             self.timeout if self.timeout is not None else DEFAULT_BLOCK_TIMEOUT_SECONDS
         )
 
-    def run_blockwise(self, multiprocessing: bool = True) -> dict[str, Any]:
-        """Run the task; returns daisy's task states by task name (counts of
-        completed, skipped, failed and orphaned blocks)."""
+    def run_blockwise(
+        self, multiprocessing: bool = True, **daisy_options: Any
+    ) -> dict[str, Any]:
+        """Run the task; returns its `TaskResult` (counts of completed,
+        skipped, failed and orphaned blocks, the failed blocks) by task name.
+        See `Pipeline.run_blockwise`."""
         from .pipeline import Pipeline
 
-        return Pipeline(self).run_blockwise(multiprocessing=multiprocessing)
+        return Pipeline(self).run_blockwise(
+            multiprocessing=multiprocessing, **daisy_options
+        )
 
     def process_roi(self, roi: Roi, context: Coordinate | None = None) -> None:
         """Process one region in this process, outside of daisy (for

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import daisy.v2 as daisy
 import networkx as nx
+from funlib.geometry import Roi
 
 from ..logging import ensure_daisy_log_basedir
 
@@ -101,8 +102,16 @@ class Pipeline:
         """Prepare every task (checks, outputs) in dependency order, then run
         the whole graph in one daisy run.
 
-        Returns daisy's task states by task name. Extra keyword arguments go
-        to `daisy.run_blockwise` (e.g. ``progress=False``).
+        Returns a `TaskResult` per task name, in dependency order. Extra
+        keyword arguments go to `daisy.run_blockwise` (e.g.
+        ``progress=False``).
+
+        A block whose function raises is retried up to the task's
+        ``max_retries`` times, then counted as failed (its traceback is in
+        the execution summary and the worker's log); the blocks of later
+        tasks that read it never run (``orphaned_count``). With
+        ``multiprocessing=False`` the first error is raised instead, so a
+        debugger stops there.
         """
         self._check_unique_names()
         self._tell_tasks_their_upstream_outputs()
@@ -117,12 +126,17 @@ class Pipeline:
                 list(daisy_tasks.values()),
                 [(daisy_tasks[u], daisy_tasks[v]) for u, v in self.task_graph.edges],
             )
-            return daisy.run_blockwise(
+            states = daisy.run_blockwise(
                 pipeline,
                 multiprocessing=multiprocessing,
                 return_states=True,
                 **daisy_options,
             )
+        return {
+            task.task_name: TaskResult(states[task.task_name], task.failed_blocks())
+            for task in self.tasks
+            if task.task_name in states
+        }
 
     def _tell_tasks_their_upstream_outputs(self) -> None:
         for task in self.task_graph:
@@ -174,6 +188,27 @@ def _daisy_context_restored() -> Iterator[None]:
             os.environ.pop("DAISY_CONTEXT", None)
         else:
             os.environ["DAISY_CONTEXT"] = before
+
+
+class TaskResult:
+    """How one task's run went: daisy's task state (``total_block_count``,
+    ``completed_count``, ``skipped_count``, ``failed_count``,
+    ``orphaned_count``, ``first_worker_error``, ... read through unchanged)
+    plus `failed_blocks`."""
+
+    def __init__(self, state: Any, failed_blocks: list[Roi]):
+        self.state = state
+        self.failed_blocks = failed_blocks
+        """Write regions (world units) of the blocks that failed for good;
+        see `BlockwiseTask.failed_blocks`."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "state":  # not set yet (e.g. while unpickling)
+            raise AttributeError(name)
+        return getattr(self.state, name)
+
+    def __repr__(self) -> str:
+        return f"TaskResult({self.state!r}, failed_blocks={self.failed_blocks})"
 
 
 def _as_pipeline(value: Pipeline | BlockwiseTask) -> Pipeline:
