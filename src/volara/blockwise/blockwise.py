@@ -232,6 +232,10 @@ class BlockwiseTask(StrictBaseModel, ABC):
                 )
         return None
 
+    def _names_a_field(self, error: Exception) -> bool:
+        """Whether the task's own check already said which field failed."""
+        return str(error).startswith(f"{type(self).__name__}.")
+
     def _check_databases(self) -> None:
         # before `init`, which creates outputs: a database that cannot be
         # used must not leave a half-prepared run behind
@@ -419,7 +423,7 @@ class BlockwiseTask(StrictBaseModel, ABC):
             self.check_config()
         except (FileNotFoundError, PermissionError) as error:
             unreadable = self._unreadable_input()
-            if unreadable is None:
+            if unreadable is None or self._names_a_field(error):
                 raise
             raise unreadable from error
         self._check_outputs_writable()
