@@ -51,9 +51,10 @@ class GridTask(BlockwiseTask):
     def write_roi(self) -> Roi:
         total = self.grid_array.roi
         if self.roi is not None:
-            total = total.intersect(self.roi).snap_to_grid(
-                self.voxel_size, mode="shrink"
-            )
+            total = total.intersect(self.roi)
+            # funlib snaps an empty region to an unbounded one
+            if not total.empty:
+                total = total.snap_to_grid(self.voxel_size, mode="shrink")
         return total
 
     @property
