@@ -202,6 +202,10 @@ def run(config: Path, serial: bool, dry_run: bool, log_dir: Path | None) -> None
         # raised while checking inputs and preparing outputs, before any
         # block runs: a config problem, not a crash
         raise click.ClickException(f"{config}: {e}") from e
+    except RuntimeError as e:
+        # daisy gives a task up when its workers keep dying (see the worker
+        # logs in the log directory)
+        raise click.ClickException(f"{config}: {e}") from e
     incomplete = {
         name: state
         for name, state in states.items()
@@ -214,6 +218,8 @@ def run(config: Path, serial: bool, dry_run: bool, log_dir: Path | None) -> None
                 f"of {state.total_block_count} blocks",
                 err=True,
             )
+            for roi in state.failed_blocks:
+                click.echo(f"  failed block, write region {roi}", err=True)
         sys.exit(1)
 
 
