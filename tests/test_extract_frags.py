@@ -424,3 +424,25 @@ def test_nodes_lie_in_their_blocks(tmp_path):
         db.close()
     fragments = task.frags_data.array()[block]
     assert sorted(n["id"] for n in in_block) == sorted(np.unique(fragments).tolist())
+
+
+def test_tie_break_orders_tied_affinities_by_global_position(tmp_path):
+    from volara.kernels.mutex_watershed import mutex_watershed
+
+    # no blur: a third of the affinities are clipped to exactly 0 or 1
+    data = sample(tmp_path, noise=0.3, blur=0.0, seed=3)
+    affs = data.affinities.array("r")[:]
+    origin = tuple(o // v for o, v in zip(OFFSET, VOXEL_SIZE, strict=True))
+    expected = mutex_watershed(affs, NEIGHBORHOOD, BIAS, origin=origin)
+    plain = mutex_watershed(affs, NEIGHBORHOOD, BIAS)
+    assert adapted_rand_error(plain, expected)[0] > 0  # the order matters here
+    task = make_task(
+        tmp_path,
+        data.affinities,
+        block_size=SHAPE,
+        context=(0, 0, 0),
+        tie_break=True,
+    )
+    task.run_blockwise(multiprocessing=False)
+    fragments = task.frags_data.array("r")[:]
+    assert adapted_rand_error(expected, fragments)[0] == 0

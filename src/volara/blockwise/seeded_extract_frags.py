@@ -145,7 +145,6 @@ class SeededExtractFrags(GridTask):
                 seeds=seeds,
                 mask=inside,
                 keep_unseeded=False,
-                origin=block.read_roi.offset / voxel_size,
                 crop=tuple(map(slice, begin, end)),
             )
             segs[block.write_roi] = labels

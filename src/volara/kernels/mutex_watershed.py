@@ -69,9 +69,10 @@ def mutex_watershed(
         keep_unseeded: With seeds, whether fragments without a seed are kept
             (as new ids above the largest seed) or set to 0.
         origin: Voxel coordinates of ``affs[:, 0, 0, 0]`` in the whole
-            volume (default 0). Edges of equal weight are ordered by a tiny
+            volume. If given, edges of equal weight are ordered by a tiny
             jitter computed from these global coordinates, so a block and
-            the whole volume order them alike (see `add_tie_break_jitter`).
+            the whole volume order them alike (see `add_tie_break_jitter`;
+            it makes mwatershed's sort about 1.45x slower).
         crop: Spatial slices of the labels to return (e.g. a block without
             its context); only these are numbered, which saves a sort of
             the context's voxels.
@@ -82,7 +83,8 @@ def mutex_watershed(
     weights = _edge_weights(
         affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed
     )
-    add_tie_break_jitter(weights, origin)
+    if origin is not None:
+        add_tie_break_jitter(weights, origin)
     seed_values, shifted_seeds = _shift_seeds(seeds, weights.shape[1:])
     raw = mwatershed.agglom(
         weights,
