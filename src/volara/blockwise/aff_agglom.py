@@ -11,7 +11,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from pydantic import field_validator
 
-from ..datasets import Affs, Dataset, Labels
+from ..datasets import Affs, Dataset, Labels, read_region
 from ..dbs import AnyDB, ThreadConnections
 from ..graph_tables import owned_pairs, read_node_columns, write_edge_rows
 from ..kernels.agglomeration import mean_affinities, pair_distances
@@ -125,8 +125,8 @@ class AffAgglom(GridTask):
         }
 
         def process_block(block) -> None:
-            frags = fragments.to_ndarray(block.read_roi, fill_value=0)
-            affs = affinities.to_ndarray(block.read_roi, fill_value=0)
+            frags = read_region(fragments, block.read_roi)
+            affs = read_region(affinities, block.read_roi)
             if affs.dtype == np.uint8:
                 affs = affs.astype(np.float32) / 255.0
             u, v, means = mean_affinities(frags, affs, neighborhood, scores)

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..datasets import Dataset, Labels
+from ..datasets import Dataset, Labels, read_region, write_region
 from ..kernels.relabel import relabel, sorted_mapping
 from ..lut import LUT
 from .grid import GridTask
@@ -69,6 +69,7 @@ class Relabel(GridTask):
                     raise FileNotFoundError(f"LUT.path: no look-up table at {lut.file}")
                 mapping.append(sorted_mapping(table[0], table[1]))
             src, dst = mapping[0]
-            segments[block.write_roi] = relabel(fragments[block.write_roi], src, dst)
+            labels = read_region(fragments, block.write_roi)
+            write_region(segments, block.write_roi, relabel(labels, src, dst))
 
         yield process_block

@@ -8,7 +8,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..datasets import Dataset, Labels, Raw
+from ..datasets import Dataset, Labels, Raw, read_region, write_region
 from .grid import GridTask
 
 
@@ -59,9 +59,9 @@ class Threshold(GridTask):
         threshold = self.threshold
 
         def process_block(block) -> None:
-            values = intensities.to_ndarray(block.write_roi)
+            values = read_region(intensities, block.write_roi)
             if values.ndim > block.write_roi.dims:
                 values = values[0]
-            mask[block.write_roi] = (values > threshold).astype(np.uint8)
+            write_region(mask, block.write_roi, (values > threshold).astype(np.uint8))
 
         yield process_block

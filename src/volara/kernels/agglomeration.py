@@ -117,26 +117,97 @@ def mean_affinities(
     """
     channels = _group_channels(neighborhood, score_groups)
     used = sorted({c for group in channels.values() for c in group})
-    all_u, all_v, all_values, all_channels = [], [], [], []
-    for channel in used:
-        u, v, index = contacts(fragments, neighborhood[channel], count_box)
-        all_u.append(u)
-        all_v.append(v)
-        all_values.append(affinities[channel].ravel()[index].astype(np.float64))
-        all_channels.append(np.full(u.size, channel, dtype=np.int64))
-    if not used:
+    ids, dense = dense_labels(fragments)
+    if not used or ids.size < 2:
         empty = np.zeros(0, dtype=np.uint64)
         return empty, empty.copy(), {name: np.zeros(0) for name in score_groups}
-    pairs_u, pairs_v, pair = _pair_index(np.concatenate(all_u), np.concatenate(all_v))
-    values, channel_of = np.concatenate(all_values), np.concatenate(all_channels)
+    keys, values = {}, {}
+    for channel in used:
+        keys[channel], values[channel] = _channel_contacts(
+            dense, ids.size, affinities[channel], neighborhood[channel], count_box
+        )
+    pairs, pair_of = _pair_keys(keys, used, ids.size)
     means = {}
     for name, group in channels.items():
-        selected = np.isin(channel_of, group)
-        sums = np.bincount(pair[selected], values[selected], minlength=pairs_u.size)
-        counts = np.bincount(pair[selected], minlength=pairs_u.size)
+        # contacts in channel order, as concatenated for every group alike:
+        # the sums then do not depend on how the pairs were indexed
+        in_group = [channel for channel in used if channel in group]
+        index = np.concatenate([pair_of[channel] for channel in in_group])
+        weights = np.concatenate([values[channel] for channel in in_group])
+        sums = np.bincount(index, weights, minlength=pairs.size)
+        counts = np.bincount(index, minlength=pairs.size)
         with np.errstate(invalid="ignore", divide="ignore"):
             means[name] = np.where(counts > 0, sums / counts, np.nan)
-    return pairs_u, pairs_v, means
+    n = np.int64(ids.size - 1)
+    return ids[pairs // n + 1], ids[pairs % n + 1], means
+
+
+def dense_labels(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, dense)``: ``ids[0] == 0`` then the sorted non-zero labels;
+    ``dense`` has the shape of ``fragments`` and holds each voxel's index in
+    ``ids`` (0 for background).
+
+    Label arrays are long runs of one value, so only the first value of each
+    run is looked up: a few linear passes instead of sorting every voxel.
+    """
+    flat = np.asarray(fragments).ravel()
+    if flat.size == 0:
+        return np.zeros(1, dtype=np.uint64), np.zeros(np.shape(fragments), np.int32)
+    starts = np.concatenate([[0], np.flatnonzero(flat[1:] != flat[:-1]) + 1])
+    run_values = flat[starts].astype(np.uint64)
+    labels = np.unique(run_values)
+    ids = np.concatenate([[np.uint64(0)], labels[labels != 0]]).astype(np.uint64)
+    index_type = np.int32 if ids.size < 2**31 else np.int64
+    run_index = np.searchsorted(ids, run_values).astype(index_type)
+    lengths = np.diff(np.append(starts, flat.size))
+    return ids, np.repeat(run_index, lengths).reshape(np.shape(fragments))
+
+
+def _channel_contacts(
+    dense: np.ndarray,
+    num_ids: int,
+    affinities: np.ndarray,
+    offset: Sequence[int],
+    count_box: CountBox | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per contact along ``offset`` (in C order of its first voxel): the pair
+    key ``(u - 1) * (num_ids - 1) + (v - 1)`` of the dense ids ``u < v``, and
+    the affinity in its own dtype (``np.bincount`` reads weights as float64,
+    exactly as ``astype`` would; keeping them narrow halves the memory)."""
+    first, second = offset_slices(dense.shape, offset)
+    a, b = dense[first], dense[second]
+    mask = (a != b) & (a != 0) & (b != 0)
+    box = _count_box_mask(offset, dense.shape, count_box)
+    if box is not None:
+        mask &= box
+    a, b = a[mask].astype(np.int64), b[mask].astype(np.int64)
+    keys = (np.minimum(a, b) - 1) * np.int64(num_ids - 1) + np.maximum(a, b) - 1
+    return keys, np.asarray(affinities)[first][mask]
+
+
+BINCOUNT_MAX_PAIRS = 2**22
+"""Up to this many possible pairs (squared number of fragments in a block),
+pairs are found by counting keys in a table; above, by sorting them."""
+
+
+def _pair_keys(
+    keys: dict[int, np.ndarray], used: list[int], num_ids: int
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """The sorted distinct pair keys and, per channel, each contact's index
+    into them."""
+    n = num_ids - 1
+    if n * n <= BINCOUNT_MAX_PAIRS:
+        present = np.zeros(n * n, dtype=bool)
+        for channel in used:
+            present[keys[channel]] = True
+        pairs = np.flatnonzero(present)
+        position = np.cumsum(present, dtype=np.int64) - 1
+        return pairs, {c: position[keys[c]] for c in used}
+    pairs, inverse = np.unique(
+        np.concatenate([keys[c] for c in used]), return_inverse=True
+    )
+    split = np.cumsum([keys[c].size for c in used])[:-1]
+    return pairs, dict(zip(used, np.split(inverse.ravel(), split), strict=True))
 
 
 def _group_channels(
