@@ -205,7 +205,7 @@ def test_a_crop_grows_the_fragments_of_the_whole_volume_despite_tied_affinities(
     affs = sample.affinities.array("r")[:]
     assert np.mean((affs == 0) | (affs == 1)) > 0.3
     bias = [-0.4 if max(map(abs, o)) == 1 else -0.7 for o in DEFAULT_NEIGHBORHOOD]
-    whole = mutex_watershed(affs, DEFAULT_NEIGHBORHOOD, bias)
+    whole = mutex_watershed(affs, DEFAULT_NEIGHBORHOOD, bias, origin=(0, 0, 0))
     crop = (slice(0, 12), slice(8, 56), slice(4, 60))
     part = mutex_watershed(
         affs[(slice(None), *crop)], DEFAULT_NEIGHBORHOOD, bias, origin=(0, 8, 4)
