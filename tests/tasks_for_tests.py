@@ -6,6 +6,8 @@ processes can import them by name, exactly as they would import a plugin.
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -253,3 +255,49 @@ class WriteLUT(BlockwiseTask):
             lut.save(table)
 
         yield process_block
+
+
+class RecordingCopy(SlowCopy):
+    """`SlowCopy` that records, per block, which process ran it (its id, its
+    parent's id and command line) and one draw of numpy's global random
+    generator, as ``<record_dir>/<block id>.json``. With ``pause_file``, the
+    first block writes its process id there and sleeps until killed."""
+
+    task_type: Literal["test-recording-copy"] = "test-recording-copy"
+    record_dir: Path
+    pause_file: Path | None = None
+
+    @contextmanager
+    def process_block_func(self) -> Iterator:
+        record_dir, pause_file = self.record_dir, self.pause_file
+        with super().process_block_func() as copy_block:
+
+            def process_block(block) -> None:
+                _pause_first_block(pause_file)
+                copy_block(block)
+                _record_process(record_dir / f"{block.block_id[1]}.json")
+
+            yield process_block
+
+
+def _pause_first_block(pause_file: Path | None) -> None:
+    if pause_file is None:
+        return
+    try:
+        with open(pause_file, "x") as file:
+            file.write(str(os.getpid()))
+    except FileExistsError:
+        return
+    time.sleep(120)
+
+
+def _record_process(path: Path) -> None:
+    parent = os.getppid()
+    parent_command = Path(f"/proc/{parent}/cmdline").read_text().replace("\0", " ")
+    record = {
+        "pid": os.getpid(),
+        "ppid": parent,
+        "parent_command": parent_command,
+        "random": float(np.random.random()),
+    }
+    path.write_text(json.dumps(record))

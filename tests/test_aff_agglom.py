@@ -178,7 +178,9 @@ def test_threads_in_each_worker_write_every_edge(tmp_path):
     states = task.run_blockwise()
     assert states["threads-aff-agglom"].completed_count == 27
     assert states["threads-aff-agglom"].failed_count == 0
-    assert_matches_reference(stored_edges(db), reference_means(fragments, affs), positions)
+    assert_matches_reference(
+        stored_edges(db), reference_means(fragments, affs), positions
+    )
 
 
 def test_rerun_and_retried_block_add_nothing(tmp_path):

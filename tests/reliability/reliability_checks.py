@@ -218,8 +218,15 @@ def processes_in_group(group: int) -> list[int]:
 
 
 def is_daisy_worker_of_this_process(pid: int) -> bool:
-    return parent_of(pid) == os.getpid() and "daisy._subprocess_worker" in command_of(
-        pid
+    """A worker process of this process's runs: a daisy worker subprocess, or
+    a worker forked by this process's prefork host (`volara.prefork`)."""
+    parent = parent_of(pid)
+    if parent == os.getpid():
+        return "daisy._subprocess_worker" in command_of(pid)
+    return (
+        parent is not None
+        and parent_of(parent) == os.getpid()
+        and "volara.prefork" in command_of(parent)
     )
 
 

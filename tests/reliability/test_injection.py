@@ -12,7 +12,9 @@ documentation says."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from volara import prefork
 from volara.blockwise import AffAgglom, GraphMWS, get_task
 from volara.blockwise.registry import load_pipeline, read_config_file
 from volara.datasets import Affs, Labels
@@ -145,6 +148,9 @@ UNSAFE_CALLS = re.compile(
 ALLOWED = {
     # LambdaTask: a function given as a pickle in a config (documented)
     ("utils.py", "pickle.loads("),
+    # the prefork host: worker functions from this user's own daisy workers,
+    # over a socket in a directory only the user can open (checked below)
+    ("prefork.py", "pickle.loads("),
 }
 
 
@@ -155,6 +161,13 @@ def test_no_code_is_evaluated_or_unpickled_outside_lambda_functions():
         for match in UNSAFE_CALLS.finditer(path.read_text())
     }
     assert found <= ALLOWED, found - ALLOWED
+
+
+def test_only_the_user_can_reach_the_prefork_host():
+    address = Path(prefork.host_address())
+    assert address.exists()
+    assert stat.S_IMODE(address.parent.stat().st_mode) == 0o700
+    assert address.parent.stat().st_uid == os.getuid()
 
 
 def test_lambda_task_says_that_pickled_functions_run_code():

@@ -39,6 +39,7 @@ import zarr
 from funlib.geometry import Coordinate, Roi
 from pydantic import Field, field_validator
 
+from .. import prefork
 from ..datasets import Dataset
 from ..dbs import DB
 from ..logging import get_log_basedir
@@ -408,7 +409,7 @@ class BlockwiseTask(StrictBaseModel, ABC):
     def worker_func(self) -> Callable[..., None]:
         """The function each worker slot runs (in its own process)."""
         if self.worker_config is None:
-            return self.process_blocks
+            return prefork.preforked(self.process_blocks)
         # a missing sbatch or an unknown queue is reported before any block
         # runs, not by every worker daisy starts
         self.worker_config.check_available()

@@ -20,6 +20,7 @@ import daisy.v2 as daisy
 import networkx as nx
 from funlib.geometry import Roi
 
+from .. import prefork
 from ..logging import ensure_daisy_log_basedir
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class Pipeline:
         self._check_unique_names()
         self._tell_tasks_their_upstream_outputs()
         ensure_daisy_log_basedir()
+        self._start_worker_host(multiprocessing)
         with ExitStack() as stack:
             stack.enter_context(_daisy_context_restored())
             daisy_tasks = {
@@ -138,6 +140,13 @@ class Pipeline:
             if task.task_name in states
         }
 
+    def _start_worker_host(self, multiprocessing: bool) -> None:
+        # started before the tasks are prepared, so that its imports overlap
+        # with the preparation instead of delaying the first worker
+        if multiprocessing and any(task.worker_config is None for task in self.tasks):
+            if prefork.enabled():
+                prefork.host_address()
+
     def _tell_tasks_their_upstream_outputs(self) -> None:
         for task in self.task_graph:
             task._upstream_outputs = frozenset(
@@ -153,6 +162,7 @@ class Pipeline:
         self._check_unique_names()
         self._tell_tasks_their_upstream_outputs()
         ensure_daisy_log_basedir()
+        self._start_worker_host(multiprocessing)
         with ExitStack() as stack:
             stack.enter_context(_daisy_context_restored())
             daisy_tasks = {}
