@@ -105,11 +105,27 @@ class TreeMemory:
 
 
 def cpu_seconds() -> float:
-    """CPU seconds (user + system) of this process and of its children that
-    have ended: worker processes are counted once they exit."""
+    """CPU seconds (user + system) of this process, of its children that
+    have ended, and of its children alive now with their own ended children.
+    The last is volara's prefork host: it lives as long as this process, and
+    the workers it forks are counted in its figures once they exit."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    ended = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return ended + sum(
+        _cpu_seconds_with_ended_children(pid) for pid in _children(os.getpid())
+    )
+
+
+def _cpu_seconds_with_ended_children(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime, stime, cutime, cstime: fields 14-17 of proc(5), in clock ticks
+    ticks = sum(int(field) for field in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager

@@ -19,7 +19,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from pydantic import Field, model_validator
 
-from ..datasets import Affs, Dataset, Labels, Raw
+from ..datasets import Affs, Dataset, Labels, Raw, read_region, write_region
 from ..dbs import AnyDB, SQLite, ThreadConnections
 from ..graph_writes import replace_nodes_in_roi
 from ..kernels import mutex_watershed as mws
@@ -194,14 +194,14 @@ class ExtractFrags(GridTask):
         """Compute, write and describe the fragments of one block; returns
         the nodes to store, by id."""
         voxel_size = grid.voxel_size
-        data = affs.to_ndarray(block.read_roi, fill_value=0)
+        data = read_region(affs, block.read_roi)
         if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
             raise ValueError(
                 f"{type(self).__name__}.affs_data: {self.affs_data.store!s} has NaN "
                 f"affinities in {block.read_roi}; fix or mask them"
             )
         inside = (
-            mask.to_ndarray(block.read_roi, fill_value=0) > 0
+            read_region(mask, block.read_roi) > 0
             if mask is not None
             else None
         )
@@ -230,7 +230,7 @@ class ExtractFrags(GridTask):
         stats = mws.fragment_statistics(fragments)
         origin = (block.write_roi.offset - grid.volume.offset) / voxel_size
         ids = mws.global_ids(stats.first_voxels, origin, grid.volume.shape / voxel_size)
-        frags[block.write_roi] = relabel(fragments, stats.ids, ids)
+        write_region(frags, block.write_roi, relabel(fragments, stats.ids, ids))
         positions = np.asarray(block.write_roi.offset) + (
             stats.centers + 0.5
         ) * np.asarray(voxel_size)

@@ -18,7 +18,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from pydantic import model_validator
 
-from ..datasets import Affs, Dataset, Labels
+from ..datasets import Affs, Dataset, Labels, read_region, write_region
 from ..dbs import AnyDB
 from ..kernels.mutex_watershed import mutex_watershed
 from ..kernels.skeletons import component_labels, rasterize_skeletons
@@ -129,11 +129,11 @@ class SeededExtractFrags(GridTask):
         voxel_size = affs.voxel_size
 
         def process_block(block) -> None:
-            data = affs.to_ndarray(block.read_roi, fill_value=0)
+            data = read_region(affs, block.read_roi)
             seeds = skeletons.seeds(block.read_roi, voxel_size)
             inside = None
             if mask is not None:
-                inside = mask.to_ndarray(block.read_roi, fill_value=0) > 0
+                inside = read_region(mask, block.read_roi) > 0
             begin = (block.write_roi.offset - block.read_roi.offset) / voxel_size
             end = begin + block.write_roi.shape / voxel_size
             labels = mutex_watershed(
@@ -147,7 +147,7 @@ class SeededExtractFrags(GridTask):
                 keep_unseeded=False,
                 crop=tuple(map(slice, begin, end)),
             )
-            segs[block.write_roi] = labels
+            write_region(segs, block.write_roi, labels)
 
         yield process_block
 
