@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -180,3 +182,50 @@ def test_a_forked_worker_that_fails_ends_its_caller_with_its_exit_code(tmp_path)
     with pytest.raises(SystemExit) as ended:
         worker()
     assert ended.value.code == 3
+
+
+RUN_WITH_LONG_TMPDIR = """
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+sys.path.insert(0, {tests!r})
+from test_prefork import recording_copy, records
+
+tmp_path = Path({tmp_path!r})
+task = recording_copy(tmp_path)
+task.run_blockwise(progress=False)
+source = zarr.open_array(str(task.in_data.store), mode="r")[:]
+copied = zarr.open_array(str(task.out_data.store), mode="r")[:]
+assert (copied == source * 2 + 1).all()
+assert len(records(task)) == 32
+# daisy's own worker subprocesses ran the blocks: children of this driver
+assert {{r["ppid"] for r in records(task)}} == {{os.getpid()}}
+print("blocks ran in plain daisy workers")
+"""
+
+
+def test_without_a_usable_socket_path_workers_start_plainly(tmp_path):
+    # a Unix socket path is limited to 107 bytes: a long TMPDIR (as on some
+    # clusters) leaves the host unable to start, and the run goes on without it
+    long_tmpdir = tmp_path / ("t" * 60) / ("u" * 60)
+    long_tmpdir.mkdir(parents=True)
+    work = tmp_path / "work"
+    work.mkdir()
+    script = RUN_WITH_LONG_TMPDIR.format(
+        tests=str(Path(__file__).parent), tmp_path=str(work)
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=work,
+        env={**os.environ, "TMPDIR": str(long_tmpdir)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert "workers start without the prefork host" in finished.stderr
+    assert "blocks ran in plain daisy workers" in finished.stdout

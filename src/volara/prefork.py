@@ -34,6 +34,7 @@ restarts, retries and timeouts see what they saw before.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import pickle
 import selectors
@@ -49,6 +50,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 _HEADER = struct.Struct("<Q")
 _STATUS = struct.Struct("<q")
@@ -206,10 +209,23 @@ def preforked(worker_function: Callable[[], None]) -> Callable[[], None]:
     host (started now if needed), or unchanged if the host is turned off."""
     if not enabled():
         return worker_function
+    address = started_host_address()
+    if address is None:
+        return worker_function
     import cloudpickle
 
-    payload = cloudpickle.dumps(worker_function)
-    return PreforkedWorker(address=host_address(), payload=payload)
+    return PreforkedWorker(address=address, payload=cloudpickle.dumps(worker_function))
+
+
+def started_host_address() -> str | None:
+    """`host_address`, or None (with a warning) if the host cannot start
+    here, e.g. because the temporary directory's path is too long for a Unix
+    socket: workers then start as plain daisy workers."""
+    try:
+        return host_address()
+    except (OSError, RuntimeError) as error:
+        logger.warning("workers start without the prefork host: %s", error)
+        return None
 
 
 def host_address() -> str:
@@ -253,8 +269,8 @@ def _wait_for_socket(host: _Host) -> None:
         if host.process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(
                 "volara's prefork host did not start (exit code "
-                f"{host.process.poll()}); set VOLARA_PREFORK=0 to run workers "
-                "without it"
+                f"{host.process.poll()}; its error is above); set VOLARA_PREFORK=0 "
+                "to run workers without it"
             )
         time.sleep(0.005)
 

@@ -200,11 +200,7 @@ class ExtractFrags(GridTask):
                 f"{type(self).__name__}.affs_data: {self.affs_data.store!s} has NaN "
                 f"affinities in {block.read_roi}; fix or mask them"
             )
-        inside = (
-            read_region(mask, block.read_roi) > 0
-            if mask is not None
-            else None
-        )
+        inside = read_region(mask, block.read_roi) > 0 if mask is not None else None
         block_index = (block.write_roi.offset - grid.first_block) / grid.block_size
         crop = _crop(block.read_roi, block.write_roi, voxel_size)
         fragments = mws.mutex_watershed(

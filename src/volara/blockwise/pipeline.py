@@ -145,7 +145,7 @@ class Pipeline:
         # with the preparation instead of delaying the first worker
         if multiprocessing and any(task.worker_config is None for task in self.tasks):
             if prefork.enabled():
-                prefork.host_address()
+                prefork.started_host_address()
 
     def _tell_tasks_their_upstream_outputs(self) -> None:
         for task in self.task_graph:
