@@ -18,6 +18,7 @@ import pytest
 import zarr
 
 from conftest import write_array
+from processes import alive, command_of, parent_of
 from tasks_for_tests import RecordingCopy
 from volara import prefork
 from volara.datasets import Labels
@@ -53,29 +54,6 @@ def assert_copied(task: RecordingCopy) -> None:
     source = zarr.open_array(str(task.in_data.store), mode="r")[:]
     copied = zarr.open_array(str(task.out_data.store), mode="r")[:]
     np.testing.assert_array_equal(copied, source * np.uint64(2) + np.uint64(1))
-
-
-def command_of(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""
-
-
-def parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_blocks_run_in_workers_forked_from_the_host(tmp_path):

@@ -19,6 +19,7 @@ from reliability_tasks import segmentation_pipeline, write_sample_data
 
 import volara.logging
 from conftest import write_array
+from processes import alive, command_of, parent_of  # noqa: F401  (used by the tests)
 from volara.datasets import Labels
 from volara.dbs import DB
 from volara.graph_tables import read_edge_columns, read_node_columns
@@ -177,30 +178,6 @@ def done_write_rois(task) -> list[Roi]:
 
 
 # ------------------------------------------------------------------ processes
-
-
-def parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces: fields after its ")" are fixed
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def command_of(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
-    except OSError:
-        return ""
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def processes_in_group(group: int) -> list[int]:
