@@ -299,7 +299,6 @@ class _Server:
         while self.running:
             for key, _ in self.selector.select():
                 key.data(key.fileobj)
-        self._kill_children()
 
     def _accept(self, _: Any) -> None:
         connection, _address = self.listener.accept()
