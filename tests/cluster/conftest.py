@@ -103,6 +103,18 @@ class Job:
     states: set[str] = field(default_factory=set)
     stderr: str = ""
 
+    def stderr_text(self) -> str:
+        """What the job has written to its stderr file so far: nothing while
+        the file does not exist. squeue reports a job RUNNING before its
+        batch script starts and SLURM creates the file, so a missing file
+        means "not reached yet", not an error."""
+        if not self.stderr:
+            return ""
+        try:
+            return Path(self.stderr).read_text()
+        except FileNotFoundError:
+            return ""
+
 
 class SqueueWatcher(threading.Thread):
     """Records the SLURM jobs named after ``names`` while a run goes on, and

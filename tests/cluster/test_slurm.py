@@ -121,7 +121,7 @@ def test_cancelled_job_mid_run_still_gives_complete_equal_output(
         # its blocks, while the other worker of the task still runs
         if cancelled or job.name != README_TASKS[0] or "RUNNING" not in job.states:
             return
-        if "reached" in Path(job.stderr).read_text():
+        if "reached" in job.stderr_text():
             subprocess.run(["scancel", job.job_id], check=True, timeout=30)
             cancelled.append(job.job_id)
 
