@@ -90,22 +90,39 @@ def test_plane_of_low_affinity_splits_into_exactly_two_fragments():
     assert left.flat[0] != right.flat[0]
 
 
-def test_zero_is_never_a_fragment_even_where_mwatershed_uses_it():
+def touched_by_attractive_edge(weights: np.ndarray, neighborhood) -> np.ndarray:
+    """Per voxel, whether some edge with positive weight has it at one end
+    (plain loops over the pairs, independent of the kernels)."""
+    shape = weights.shape[1:]
+    touched = np.zeros(shape, dtype=bool)
+    for channel, offset in enumerate(neighborhood):
+        for voxel in np.ndindex(*shape):
+            partner = tuple(v + o for v, o in zip(voxel, offset, strict=True))
+            inside = all(0 <= p < s for p, s in zip(partner, shape, strict=True))
+            if inside and weights[(channel, *voxel)] > 0:
+                touched[voxel] = touched[partner] = True
+    return touched
+
+
+def test_voxels_no_attractive_edge_touches_get_no_label():
     rng = np.random.default_rng(3)
     affs = rng.random((3, 4, 5, 6))
     bias = [-0.6] * 3
-    # the raw mwatershed output uses 0 as a cluster id for this input
-    raw = mwatershed.agglom(
-        affs + np.array(bias).reshape(3, 1, 1, 1), [list(o) for o in NEIGHBORHOOD]
-    )
-    assert 0 in raw
+    weights = affs + np.array(bias).reshape(3, 1, 1, 1)
+    raw = mwatershed.agglom(weights, [list(o) for o in NEIGHBORHOOD])
     labels = mutex_watershed(affs, NEIGHBORHOOD, bias)
-    ids = np.unique(labels)
-    assert 0 not in ids
+    touched = touched_by_attractive_edge(weights, NEIGHBORHOOD)
+    assert 0 < touched.sum() < touched.size
+    assert np.all(labels[~touched] == 0)
+    # the first voxel is the one mwatershed may leave at 0 while an
+    # attractive edge it could not take touches it (as volara 1.0.5 does)
+    touched.flat[0] = False
+    assert np.all(labels[touched] != 0)
+    # the labelled voxels keep mwatershed's partition, numbered 1..n
+    ids = np.unique(labels[labels != 0])
     np.testing.assert_array_equal(ids, np.arange(1, ids.size + 1))
-    # same partition as mwatershed's own
-    pairs = np.unique(np.stack([raw.ravel(), labels.ravel()]), axis=1)
-    assert pairs.shape[1] == ids.size == len(np.unique(raw))
+    pairs = np.unique(np.stack([raw[labels != 0], labels[labels != 0]]), axis=1)
+    assert pairs.shape[1] == ids.size == len(np.unique(raw[labels != 0]))
 
 
 def test_seeds_keep_their_values_even_where_mwatershed_ids_collide():

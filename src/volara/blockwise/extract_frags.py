@@ -23,7 +23,6 @@ from ..datasets import Affs, Dataset, Labels, Raw, read_region, write_region
 from ..dbs import AnyDB, SQLite, ThreadConnections
 from ..graph_writes import replace_nodes_in_roi
 from ..kernels import mutex_watershed as mws
-from ..kernels.relabel import relabel
 from ..utils import PydanticCoordinate
 from .grid import GridTask
 
@@ -37,6 +36,14 @@ larger ones are checked block by block (a NaN fails its block)."""
 class ExtractFrags(GridTask):
     """Fragments from affinities by mutex watershed, with one graph node per
     fragment.
+
+    Each block runs the mutex watershed on its affinities plus ``context``.
+    Inside the block, every connected piece of a watershed cluster (voxels
+    touching by a face, edge or corner) is one fragment: a cluster that
+    only the context holds together becomes several fragments, as in
+    volara 1.0.5. Voxels that no attractive edge touches (e.g. background
+    with affinity 0) get no fragment, nor does a block whose affinities are
+    all below 0.001.
 
     Writes ``frags_data`` (uint64, 0 = no fragment) and, per fragment, a node
     in ``db`` with ``position`` (center of mass, world units), ``size``
@@ -77,11 +84,12 @@ class ExtractFrags(GridTask):
     ``None``: no noise."""
     filter_fragments: float = Field(default=0.0, ge=0.0, le=1.0)
     """Remove fragments whose mean affinity (direct-neighbor offsets,
-    averaged over the fragment's voxels) is below this value. ``0``: keep
-    all."""
+    averaged over the fragment's voxels) is below this value, measured over
+    the block plus its context. ``0``: keep all."""
     remove_debris: int = Field(default=0, ge=0)
-    """Remove fragments of fewer voxels than this (counted inside the
-    block). ``0``: keep all."""
+    """Remove fragments of fewer voxels than this, counted over the block
+    plus its context (before the block is cut out), so a fragment that the
+    block's face cuts small is kept if it is large. ``0``: keep all."""
     randomized_strides: bool = False
     """Turn each stride into a probability ``1/prod(stride)`` of keeping an
     edge, instead of a regular grid, to avoid grid artifacts."""
@@ -203,10 +211,13 @@ class ExtractFrags(GridTask):
         inside = read_region(mask, block.read_roi) > 0 if mask is not None else None
         block_index = (block.write_roi.offset - grid.first_block) / grid.block_size
         crop = _crop(block.read_roi, block.write_roi, voxel_size)
-        fragments = mws.mutex_watershed(
+        fragments = mws.extract_fragments(
             data,
             self.neighborhood,
             self.bias,
+            crop=crop,
+            min_mean_affinity=self.filter_fragments,
+            min_size=self.remove_debris,
             strides=self.strides,
             randomized_strides=self.randomized_strides,
             mask=inside,
@@ -214,19 +225,14 @@ class ExtractFrags(GridTask):
             noise_eps=self.noise_eps,
             noise_seed=[int(i) for i in block_index],
             origin=block.read_roi.offset / voxel_size if self.tie_break else None,
-            crop=crop,
-        )
-        fragments, _ = mws.filter_fragments(
-            fragments,
-            data[(slice(None), *crop)],
-            min_mean_affinity=self.filter_fragments,
-            min_size=self.remove_debris,
-            channels=mws.direct_neighbor_channels(self.neighborhood),
         )
         stats = mws.fragment_statistics(fragments)
         origin = (block.write_roi.offset - grid.volume.offset) / voxel_size
         ids = mws.global_ids(stats.first_voxels, origin, grid.volume.shape / voxel_size)
-        write_region(frags, block.write_roi, relabel(fragments, stats.ids, ids))
+        # fragments are numbered 1..n: a table replaces them by their ids
+        table = np.zeros(int(fragments.max(initial=0)) + 1, dtype=np.uint64)
+        table[stats.ids.astype(np.intp)] = ids
+        write_region(frags, block.write_roi, table[fragments])
         positions = np.asarray(block.write_roi.offset) + (
             stats.centers + 0.5
         ) * np.asarray(voxel_size)

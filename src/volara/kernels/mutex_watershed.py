@@ -1,10 +1,12 @@
 """Fragments from affinities by mutex watershed, and what is measured on them.
 
-`mutex_watershed` is the one implementation behind `ExtractFrags` and
-`SeededExtractFrags`. It wraps `mwatershed.agglom`, whose raw cluster ids are
-voxel indices (so 0 can name a real cluster, and an unseeded cluster's id can
-equal a seed's value); the wrapper keeps seeds apart from those ids and
-returns labels where 0 is never a fragment.
+`mutex_watershed_clusters` wraps `mwatershed.agglom`, whose cluster ids are
+voxel indices (so an unseeded cluster's id can equal a seed's value) and
+which leaves 0 on voxels that no attractive edge touches. On top of it,
+`extract_fragments` makes ExtractFrags' fragments (connected pieces of the
+clusters inside a block, filtered on the whole read region) and
+`mutex_watershed` SeededExtractFrags' labels (seeds kept apart from the
+voxel-index ids).
 """
 
 from __future__ import annotations
@@ -15,20 +17,75 @@ from typing import NamedTuple
 import mwatershed
 import numpy as np
 from scipy.ndimage import gaussian_filter
+from skimage.measure import label as label_components
 
 from .affinities import pair_mask
 from .relabel import relabel, sorted_mapping
 
+EMPTY_AFFINITY = 1e-3
+"""A region whose largest affinity (scaled to [0, 1]) is below this has no
+fragments at all, whatever the bias (as in volara 1.0.5)."""
+
 
 def affinities_as_float(affs: np.ndarray) -> np.ndarray:
-    """Affinities as float64 in [0, 1]: integer arrays (e.g. uint8 0..255)
-    are divided by their dtype's maximum, float arrays are only converted."""
+    """Affinities as floats in [0, 1]: integer arrays (e.g. uint8 0..255)
+    are divided by their dtype's maximum (float64), float32 stays float32
+    (volara 1.0.5 computes the edge weights of float32 affinities in float32,
+    and the rounding decides the order of nearly equal edges), other arrays
+    become float64. Always a new array."""
     affs = np.asarray(affs)
     if np.issubdtype(affs.dtype, np.integer):
         return affs.astype(np.float64) / np.iinfo(affs.dtype).max
-    if affs.dtype == np.bool_:
-        return affs.astype(np.float64)
+    if affs.dtype == np.float32:
+        return affs.copy()
     return affs.astype(np.float64)
+
+
+def largest_affinity(affs: np.ndarray) -> float:
+    """The largest value of ``affs`` on the [0, 1] scale (integer arrays
+    divided by their dtype's maximum); 0 for an empty array."""
+    affs = np.asarray(affs)
+    largest = float(affs.max(initial=0))
+    if np.issubdtype(affs.dtype, np.integer):
+        largest /= np.iinfo(affs.dtype).max
+    return largest
+
+
+def mutex_watershed_clusters(
+    affs: np.ndarray,
+    neighborhood: Sequence[Sequence[int]],
+    bias: Sequence[float],
+    strides: Sequence[Sequence[int]] | None = None,
+    randomized_strides: bool = False,
+    seeds: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    sigma: Sequence[float] | None = None,
+    noise_eps: float | None = None,
+    noise_seed: int | Sequence[int] = 0,
+    origin: Sequence[int] | None = None,
+) -> np.ndarray:
+    """`mwatershed.agglom` on the edge weights of ``affs``: its raw cluster
+    ids, uint64, spatial shape.
+
+    Arguments as in `mutex_watershed`; ``seeds`` are passed through as they
+    are. A voxel that no attractive edge (``affinity + bias > 0``) touches
+    is in no cluster and gets 0; every other voxel gets an id that names its
+    cluster (the index of one of its voxels; a voxel whose attractive edges
+    were all refused is a cluster of its own).
+    """
+    weights = _edge_weights(
+        affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed
+    )
+    if origin is not None:
+        add_tie_break_jitter(weights, origin)
+    clusters = mwatershed.agglom(
+        weights,
+        [[int(o) for o in offset] for offset in neighborhood],
+        seeds=seeds,
+        strides=None if strides is None else [[int(s) for s in st] for st in strides],
+        randomized_strides=randomized_strides,
+    )
+    return np.asarray(clusters, dtype=np.uint64)
 
 
 def mutex_watershed(
@@ -46,7 +103,7 @@ def mutex_watershed(
     origin: Sequence[int] | None = None,
     crop: tuple[slice, ...] | None = None,
 ) -> np.ndarray:
-    """Split a volume into fragments with the mutex watershed.
+    """Split a volume into mutex-watershed clusters, numbered compactly.
 
     Args:
         affs: Affinities, channels first ``(len(neighborhood), *spatial)``,
@@ -66,7 +123,7 @@ def mutex_watershed(
         noise_eps: Standard deviation of gaussian noise added to the
             affinities, to break ties of quantized affinities; drawn from
             ``noise_seed`` so a rerun gives the same fragments.
-        keep_unseeded: With seeds, whether fragments without a seed are kept
+        keep_unseeded: With seeds, whether clusters without a seed are kept
             (as new ids above the largest seed) or set to 0.
         origin: Voxel coordinates of ``affs[:, 0, 0, 0]`` in the whole
             volume. If given, edges of equal weight are ordered by a tiny
@@ -77,23 +134,27 @@ def mutex_watershed(
             its context); only these are numbered, which saves a sort of
             the context's voxels.
 
-    Returns uint64 labels of the spatial shape (or of ``crop``). Without seeds, fragments are
-    numbered ``1..n``; 0 only marks masked voxels.
+    Returns uint64 labels of the spatial shape (or of ``crop``). Voxels that
+    no attractive edge touches, masked voxels and (with ``keep_unseeded``
+    off) unseeded clusters are 0. Seeded clusters keep their seed; the
+    others are numbered from 1 (above the largest seed). A cluster is not
+    necessarily connected inside ``crop``: see `extract_fragments` for
+    fragments that are.
     """
-    weights = _edge_weights(
-        affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed
-    )
-    if origin is not None:
-        add_tie_break_jitter(weights, origin)
-    seed_values, shifted_seeds = _shift_seeds(seeds, weights.shape[1:])
-    raw = mwatershed.agglom(
-        weights,
-        [[int(o) for o in offset] for offset in neighborhood],
-        seeds=shifted_seeds,
-        strides=None if strides is None else [[int(s) for s in st] for st in strides],
+    seed_values, shifted_seeds = _shift_seeds(seeds, np.shape(affs)[1:])
+    raw = mutex_watershed_clusters(
+        affs,
+        neighborhood,
+        bias,
+        strides=strides,
         randomized_strides=randomized_strides,
+        seeds=shifted_seeds,
+        mask=mask,
+        sigma=sigma,
+        noise_eps=noise_eps,
+        noise_seed=noise_seed,
+        origin=origin,
     )
-    raw = np.asarray(raw, dtype=np.uint64)
     seed_base = np.uint64(raw.size + 1)  # as in _shift_seeds
     crop = crop if crop is not None else (slice(None),) * raw.ndim
     labels = _compact_ids(raw[crop], seed_values, seed_base, keep_unseeded)
@@ -102,27 +163,118 @@ def mutex_watershed(
     return labels
 
 
+def extract_fragments(
+    affs: np.ndarray,
+    neighborhood: Sequence[Sequence[int]],
+    bias: Sequence[float],
+    crop: tuple[slice, ...] | None = None,
+    min_mean_affinity: float = 0.0,
+    min_size: int = 0,
+    **watershed_options,
+) -> np.ndarray:
+    """Fragments of the region ``crop`` of ``affs``, as volara 1.0.5's
+    ExtractFrags makes them: every fragment is one connected piece of one
+    mutex-watershed cluster.
+
+    The mutex watershed runs on the whole of ``affs`` (a block plus its
+    context). Clusters with fewer than ``min_size`` voxels or a mean direct-
+    neighbor affinity below ``min_mean_affinity`` are dropped, both measured
+    over the whole of ``affs``, so a cluster that the crop cuts small is
+    kept when it is large. Then, inside ``crop``, each cluster is split into
+    its connected pieces (voxels touching by a face, edge or corner), since
+    pieces joined only through the context are separate objects as far as
+    the block can tell. Voxels no attractive edge touches, dropped clusters
+    and masked voxels are 0. If every affinity is below `EMPTY_AFFINITY`
+    there are no fragments.
+
+    ``watershed_options`` are those of `mutex_watershed_clusters` (no
+    seeds). Returns int64 labels ``1..n`` of the crop's shape, numbered in
+    C order of each fragment's first voxel.
+    """
+    if "seeds" in watershed_options:
+        raise TypeError("extract_fragments takes no seeds; use mutex_watershed")
+    crop = crop if crop is not None else (slice(None),) * (np.ndim(affs) - 1)
+    if largest_affinity(affs) < EMPTY_AFFINITY:
+        crop_shape = np.empty(np.shape(affs)[1:], dtype=np.bool_)[crop].shape
+        return np.zeros(crop_shape, dtype=np.int64)
+    clusters = mutex_watershed_clusters(affs, neighborhood, bias, **watershed_options)
+    keep = _clusters_to_keep(
+        clusters, affs, neighborhood, min_mean_affinity, min_size
+    )
+    inside = clusters[crop]
+    if keep is not None:
+        inside = np.where(keep[inside], inside, np.uint64(0))
+    mask = watershed_options.get("mask")
+    if mask is not None:
+        inside = np.where(np.asarray(mask, dtype=bool)[crop], inside, np.uint64(0))
+    return connected_pieces(inside)
+
+
+def _clusters_to_keep(
+    clusters: np.ndarray,
+    affs: np.ndarray,
+    neighborhood: Sequence[Sequence[int]],
+    min_mean_affinity: float,
+    min_size: int,
+) -> np.ndarray | None:
+    """Per raw cluster id, whether the cluster passes the size and mean-
+    affinity filters (None: no filter asked for). Raw ids are voxel indices,
+    so counting by id needs no sort."""
+    if min_size <= 0 and min_mean_affinity <= 0:
+        return None
+    flat = clusters.ravel()
+    sizes = np.bincount(flat, minlength=clusters.size)
+    keep = sizes >= min_size
+    if min_mean_affinity > 0:
+        channels = direct_neighbor_channels(neighborhood)
+        per_voxel = affinities_as_float(np.asarray(affs)[channels]).mean(axis=0)
+        sums = np.bincount(flat, weights=per_voxel.ravel(), minlength=clusters.size)
+        keep &= sums >= min_mean_affinity * sizes
+    return keep
+
+
+def connected_pieces(labels: np.ndarray) -> np.ndarray:
+    """Each connected piece (face, edge and corner neighbors) of each non-zero
+    value of ``labels`` as its own label ``1..n``, numbered in C order of
+    the pieces' first voxels; 0 stays 0. int64."""
+    pieces = label_components(labels, background=0, connectivity=labels.ndim)
+    return np.asarray(pieces, dtype=np.int64)
+
+
 def _edge_weights(
     affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed
 ) -> np.ndarray:
+    """float64 edge weights for mwatershed: affinity (smoothed, with noise,
+    0 on pairs touching the mask) plus bias. Computed in the precision of
+    the affinities and in the order volara 1.0.5 adds them, so edges of
+    float32 affinities are ordered as there."""
     affs = np.asarray(affs)
     if affs.shape[0] != len(neighborhood) or len(bias) != len(neighborhood):
         raise ValueError(
             f"{affs.shape[0]} affinity channels, {len(neighborhood)} offsets and "
             f"{len(bias)} biases: need one of each per channel"
         )
-    weights = affinities_as_float(affs)
-    if sigma is not None:
-        weights = gaussian_filter(weights, (0, *sigma))
+    values = affinities_as_float(affs)
+    outside = None
+    if mask is not None:
+        outside = ~pair_mask(mask, neighborhood)
+        values[outside] = 0.0
+    bias_column = np.asarray(bias, dtype=values.dtype).reshape(
+        (-1,) + (1,) * (values.ndim - 1)
+    )
     if noise_eps:
         rng = np.random.default_rng(noise_seed)
-        weights += rng.standard_normal(weights.shape) * noise_eps
-    if mask is not None:
-        weights[~pair_mask(mask, neighborhood)] = 0.0
-    weights += np.asarray(bias, dtype=np.float64).reshape(
-        (-1,) + (1,) * (weights.ndim - 1)
-    )
-    return weights
+        weights = (rng.standard_normal(values.shape) * noise_eps).astype(values.dtype)
+    else:
+        weights = np.zeros_like(values)
+    if sigma is not None:
+        weights += gaussian_filter(values, (0, *sigma)) - values
+    weights += bias_column
+    weights += values
+    if outside is not None:
+        # smoothing and noise must not give masked pairs an affinity
+        np.copyto(weights, np.broadcast_to(bias_column, weights.shape), where=outside)
+    return weights.astype(np.float64, copy=False)
 
 
 TIE_BREAK_SCALE = 1e-7
@@ -195,15 +347,17 @@ def _shift_seeds(
 def _compact_ids(
     raw: np.ndarray, seed_values: np.ndarray, base: np.uint64, keep_unseeded: bool
 ) -> np.ndarray:
-    # raw ids at or above ``base`` are shifted seeds, the others voxel indices
+    # raw ids at or above ``base`` are shifted seeds, 0 is no cluster, the
+    # others voxel indices
     ids, inverse = np.unique(raw, return_inverse=True)
     seeded = ids >= base
     new_ids = np.zeros(ids.shape, dtype=np.uint64)
     new_ids[seeded] = seed_values[(ids[seeded] - base).astype(np.int64)]
+    unseeded = ~seeded & (ids != 0)
     if keep_unseeded:
         first = int(seed_values.max()) + 1 if seed_values.size else 1
-        new_ids[~seeded] = np.arange(
-            first, first + int((~seeded).sum()), dtype=np.uint64
+        new_ids[unseeded] = np.arange(
+            first, first + int(unseeded.sum()), dtype=np.uint64
         )
     return new_ids[inverse.reshape(raw.shape)]
 
@@ -271,12 +425,22 @@ class FragmentStats(NamedTuple):
 
 def fragment_statistics(fragments: np.ndarray) -> FragmentStats:
     """Size, center of mass and first voxel of every non-zero label, in one
-    sort of the volume and one weighted count per axis."""
+    weighted count per axis (and one sort of the volume, unless the labels
+    are ``1..n`` numbered in C order of their first voxels, as
+    `connected_pieces` numbers them)."""
     fragments = np.asarray(fragments)
     flat = fragments.ravel()
-    ids, first, inverse, sizes = np.unique(
-        flat, return_index=True, return_inverse=True, return_counts=True
-    )
+    first = _first_voxels_of_scan_ordered(flat)
+    if first is not None:
+        ids = np.arange(first.size + 1, dtype=np.uint64)
+        inverse = flat.astype(np.intp, copy=False)
+        sizes = np.bincount(inverse, minlength=ids.size)
+        first = np.r_[0, first]
+    else:
+        ids, first, inverse, sizes = np.unique(
+            flat, return_index=True, return_inverse=True, return_counts=True
+        )
+        inverse = inverse.ravel()
     centers = np.empty((ids.size, fragments.ndim), dtype=np.float64)
     for axis, length in enumerate(fragments.shape):
         view = [1] * fragments.ndim
@@ -287,8 +451,27 @@ def fragment_statistics(fragments: np.ndarray) -> FragmentStats:
         )
     centers /= np.maximum(sizes, 1)[:, None]
     first_voxels = np.stack(np.unravel_index(first, fragments.shape), axis=1)
-    keep = ids != 0
-    return FragmentStats(ids[keep], sizes[keep], centers[keep], first_voxels[keep])
+    keep = (ids != 0) & (sizes > 0)
+    return FragmentStats(
+        ids[keep].astype(np.uint64), sizes[keep], centers[keep], first_voxels[keep]
+    )
+
+
+def _first_voxels_of_scan_ordered(flat: np.ndarray) -> np.ndarray | None:
+    """Where labels ``1..n`` first occur, if they are numbered in the order
+    they first occur (each one then first shows up as a new running
+    maximum); None for any other numbering."""
+    if flat.size == 0 or not np.issubdtype(flat.dtype, np.integer):
+        return None
+    if flat.min() < 0:
+        return None
+    running = np.maximum.accumulate(flat)
+    first = np.flatnonzero(running[1:] != running[:-1]) + 1
+    if running[0] != 0:
+        first = np.r_[0, first]
+    if not np.array_equal(flat[first], np.arange(1, first.size + 1)):
+        return None
+    return first
 
 
 def global_ids(
