@@ -116,6 +116,39 @@ class Job:
             return ""
 
 
+FINAL_JOB_STATES = (
+    "CANCELLED",
+    "COMPLETED",
+    "FAILED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+)
+
+
+def cancel_job(job_id: str, timeout: float = 30) -> str:
+    """``scancel`` the job and return the state it ended in. scancel also
+    succeeds, silently, on a job that has finished in the meantime (squeue
+    can show it RUNNING a moment before): its state then is COMPLETED, not
+    CANCELLED, and the caller must not count it as cancelled."""
+    subprocess.run(["scancel", job_id], check=True, timeout=30)
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = subprocess.run(
+            ["scontrol", "show", "job", "--oneliner", job_id],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+        state = next(
+            (f.split("=", 1)[1] for f in shown.split() if f.startswith("JobState=")),
+            "UNKNOWN",
+        )
+        if state in FINAL_JOB_STATES or time.monotonic() > deadline:
+            return state
+        time.sleep(POLL_SECONDS)
+
+
 class SqueueWatcher(threading.Thread):
     """Records the SLURM jobs named after ``names`` while a run goes on, and
     hands every sighting to ``on_sighting`` (which may act on the job)."""

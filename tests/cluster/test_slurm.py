@@ -7,7 +7,6 @@ too; a partition that does not exist is refused before any block runs."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from volara.logging import set_log_basedir
 from volara.sample_data import generate_sample_data
 from volara.workers import SlurmWorker
 
-from .conftest import Job, SqueueWatcher, run_pipeline_config
+from .conftest import Job, SqueueWatcher, cancel_job, run_pipeline_config
 
 pytestmark = pytest.mark.slow
 
@@ -115,15 +114,19 @@ def test_cancelled_job_mid_run_still_gives_complete_equal_output(
         readme_pipeline(tmp_path), SlurmWorker(queue=slurm_partition, **FAIL_FAST)
     )
     cancelled: list[str] = []
+    finished_first: list[str] = []
 
     def cancel_first_connected_worker(job: Job) -> None:
         # a job of the first task that reached the server and is processing
         # its blocks, while the other worker of the task still runs
         if cancelled or job.name != README_TASKS[0] or "RUNNING" not in job.states:
             return
-        if "reached" in job.stderr_text():
-            subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+        if job.job_id in finished_first or "reached" not in job.stderr_text():
+            return
+        if cancel_job(job.job_id) == "CANCELLED":
             cancelled.append(job.job_id)
+        else:  # it ended by itself before scancel reached it: try another
+            finished_first.append(job.job_id)
 
     with SqueueWatcher(README_TASKS, cancel_first_connected_worker) as squeue:
         result = run_pipeline_config(config, tmp_path, RUN_TIMEOUT, README_TASKS)
@@ -152,7 +155,7 @@ def test_plugin_task_on_slurm_replaces_its_cancelled_worker(slurm_partition, tmp
         # the task's only worker, cancelled as soon as it runs: all blocks
         # are left for a replacement
         if not cancelled and "RUNNING" in job.states:
-            subprocess.run(["scancel", job.job_id], check=True, timeout=30)
+            assert cancel_job(job.job_id) == "CANCELLED", "the job ended by itself"
             cancelled.append(job.job_id)
 
     with SqueueWatcher([task.task_name], cancel_running_worker) as squeue:
