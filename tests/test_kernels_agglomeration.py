@@ -8,8 +8,10 @@ import pytest
 from volara.kernels.affinities import offset_slices
 from volara.kernels.agglomeration import (
     adjacent_pairs,
+    boundary_mask,
     contacts,
-    embedding_distances,
+    embedding_similarities,
+    fragment_distances,
     mean_affinities,
     pair_distances,
 )
@@ -133,11 +135,64 @@ def test_pair_distances_and_missing_nodes():
     assert np.isnan(distances[1])
 
 
-def test_embedding_distances():
-    a = np.array([[1.0, 0.0], [1.0, 1.0]])
-    b = np.array([[0.0, 2.0], [2.0, 2.0]])
-    assert embedding_distances(a, b, "cosine") == pytest.approx([1.0, 0.0])
-    assert embedding_distances(a, b, "euclidean") == pytest.approx([5**0.5, 2**0.5])
-    assert embedding_distances(a, b, "max") == pytest.approx([2.0, 1.0])
+def test_embedding_similarities():
+    a = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0]])
+    b = np.array([[0.0, 2.0], [2.0, 2.0], [-3.0, 0.0]])
+    assert embedding_similarities(a, b, "cosine") == pytest.approx([0.0, 1.0, -1.0])
+    assert embedding_similarities(a, b, "euclidean") == pytest.approx(
+        [-(5**0.5), -(2**0.5), -4.0]
+    )
+    assert embedding_similarities(a, b, "max") == pytest.approx([-2.0, -1.0, -4.0])
     zero = np.zeros((1, 2))
-    assert embedding_distances(zero, zero, "cosine") == pytest.approx([1.0])
+    assert embedding_similarities(zero, zero, "cosine") == pytest.approx([0.0])
+
+
+def test_boundary_mask_marks_voxels_next_to_another_value():
+    fragments = np.array([[[3, 3, 3, 4, 5, 5, 0]]], dtype=np.uint64)
+    assert boundary_mask(fragments)[0, 0].tolist() == [
+        False,
+        False,
+        True,
+        True,  # 3 | 4 | 5: a Laplacian would be 0 here
+        True,
+        True,
+        False,  # background is never a boundary voxel
+    ]
+
+
+def test_fragment_distances_between_nearest_voxels():
+    # 1 and 2 share a face along z; 3 is two voxels from 1 along x (with
+    # background between) and diagonal to 2; voxel size (1, 2, 2)
+    fragments = np.zeros((2, 1, 5), dtype=np.uint64)
+    fragments[0, 0, :2] = 1
+    fragments[1, 0, :2] = 2
+    fragments[0, 0, 3] = 3
+    u, v, distance = fragment_distances(fragments, (1, 2, 2), 5.0)
+    assert list(zip(u.tolist(), v.tolist(), distance.tolist(), strict=True)) == [
+        (1, 2, 1.0),
+        (1, 3, 4.0),
+        (2, 3, pytest.approx(17**0.5)),
+    ]
+    # the threshold is inclusive and in world units
+    u, v, _ = fragment_distances(fragments, (1, 2, 2), 4.0)
+    assert list(zip(u.tolist(), v.tolist(), strict=True)) == [(1, 2), (1, 3)]
+    # only pairs whose smaller id is a source
+    u, v, _ = fragment_distances(fragments, (1, 2, 2), 5.0, sources=np.array([2]))
+    assert list(zip(u.tolist(), v.tolist(), strict=True)) == [(2, 3)]
+
+
+def test_fragment_distances_match_all_voxel_pairs():
+    rng = np.random.default_rng(3)
+    fragments = rng.integers(0, 6, size=(7, 9)).astype(np.uint64) * 10
+    u, v, distance = fragment_distances(fragments, (3, 1), 4.5)
+    expected = {}
+    points = {i: np.argwhere(fragments == i) * [3, 1] for i in (10, 20, 30, 40, 50)}
+    for a in points:
+        for b in points:
+            if a < b:
+                d = np.sqrt(((points[a][:, None] - points[b][None]) ** 2).sum(-1))
+                if d.min() <= 4.5:
+                    expected[(a, b)] = d.min()
+    pairs = zip(u.tolist(), v.tolist(), strict=True)
+    found = dict(zip(pairs, distance.tolist(), strict=True))
+    assert found == pytest.approx(expected)

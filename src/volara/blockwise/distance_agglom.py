@@ -1,5 +1,5 @@
-"""DistanceAgglom: edges between touching fragments, scored by how far apart
-their embeddings are."""
+"""DistanceAgglom: edges between fragments that come close to each other,
+with how close they are and how alike their embeddings are."""
 
 from __future__ import annotations
 
@@ -13,10 +13,15 @@ from funlib.geometry import Coordinate
 from funlib.persistence.types import Vec
 from pydantic import field_validator, model_validator
 
-from ..datasets import Dataset, Labels
+from ..datasets import Dataset, Labels, read_region
 from ..dbs import AnyDB, ThreadConnections
 from ..graph_tables import owned_pairs, read_node_columns, write_edge_rows
-from ..kernels.agglomeration import adjacent_pairs, embedding_distances, lookup_rows
+from ..kernels.agglomeration import (
+    dense_labels,
+    embedding_similarities,
+    fragment_distances,
+    lookup_rows,
+)
 from ..lut import LUT
 from ..utils import PydanticCoordinate, check_identifier
 from .grid import GridTask
@@ -25,52 +30,60 @@ logger = logging.getLogger(__name__)
 
 
 class DistanceAgglom(GridTask):
-    """Add an edge between every two fragments that touch (share a voxel
-    face), with the distance between their embeddings as ``distance``.
+    """Add an edge between every two fragments whose voxels come within
+    `distance_threshold` of each other (world units), with ``distance``, the
+    smallest distance between their voxels (voxel centers, world units), and
+    for each key of `distance_keys` the similarity of the two fragments'
+    node attributes as ``<key>_similarity``.
 
-    A fragment's embedding is the concatenation of its node attributes named
-    by `distance_keys` (e.g. the mean intensity of each channel), read from
-    `storage`. Blocks find touching pairs within their write region grown by
-    `context`, and write the edges whose node ``u`` (the smaller id) has its
-    position in the block's write region, so every edge is written once.
-    Pairs that touch only outside the read region of ``u``'s block are
-    missed: give `context` about half the size of the largest fragment.
+    Blocks look for close pairs within their write region grown by
+    `context`, and write the edges ``(u, v)`` (``u`` the smaller id) whose
+    node ``u`` has its position in the block's write region, so every edge is
+    written once. Both fragments need a node in `storage`. Voxels beyond the
+    read region are not seen: a pair closer there than anywhere inside gets
+    the distance seen inside, or no edge.
     """
 
     task_type: Literal["distance-agglom"] = "distance-agglom"
     storage: AnyDB | LUT
     """The graph database with one node per fragment (``position`` in world
-    units and the `distance_keys` attributes); edges are added to it.
+    units and the `distance_keys` attributes); edges are added to it, with
+    ``distance`` and one ``<key>_similarity`` edge attribute per key.
 
     A look-up table is not accepted: the embeddings live on the nodes of a
-    graph database, and a table has none. To merge by embedding distance,
-    write the edges here and run `GraphMWS` with a weight on ``distance``,
-    e.g. ``{"distance": (-1.0, threshold)}``."""
+    graph database, and a table has none. To merge by similarity, write the
+    edges here and run `GraphMWS` with weights on the similarities, e.g.
+    ``{"emb_similarity": (1.0, -0.5)}``."""
     frags_data: Labels
     """The fragments (uint64, 0 is background); blocks follow its grid."""
     distance_keys: list[str] | None = None
-    """Node attributes making up a fragment's embedding, in this order (each
-    a number or a vector). Required."""
+    """Node attributes to compare (each a number or a vector): every key
+    ``k`` gives the edge attribute ``k_similarity``, which must be one of the
+    database's ``edge_attrs``. ``None``: only ``distance`` is written."""
     distance_metric: Literal["euclidean", "cosine", "max"] = "cosine"
-    """How embeddings are compared: ``"cosine"`` (``1 - cos`` of the angle,
-    0 to 2), ``"euclidean"`` (length of the difference) or ``"max"`` (largest
-    difference of one component)."""
+    """How attributes are compared: ``"cosine"`` (cosine of the angle
+    between them, -1 to 1), ``"euclidean"`` (minus the length of their
+    difference) or ``"max"`` (minus the largest difference of one
+    component). Larger is more alike for all three."""
     distance_threshold: float | None = None
-    """Only pairs whose embedding distance is at most this are written.
-    ``None`` writes every touching pair."""
+    """Largest distance between two fragments' voxels (voxel centers, world
+    units) for them to get an edge. ``None``: the smallest extent of
+    `context` in world units (``min(context * voxel_size)``)."""
     background_intensities: list[float] | None = None
     """One value per entry of `distance_keys`, subtracted from that
     attribute before comparing (e.g. the background intensity of each
-    channel, so cosine distances compare signal, not offset). ``None``: 0."""
+    channel, so cosine similarities compare signal, not offset). ``None``:
+    0."""
     eps: float = 1e-8
-    """Smallest norm divided by in the cosine distance, so that an all-zero
-    embedding does not divide by zero."""
+    """Smallest product of norms divided by in the cosine similarity, so
+    that an all-zero attribute does not divide by zero."""
     block_size: PydanticCoordinate
     """Size of the region each block writes edges for, in voxels, one value
     per spatial axis."""
     context: PydanticCoordinate
     """Extra region read on each side of a block, in voxels, one value per
-    spatial axis."""
+    spatial axis. Make it at least `distance_threshold` (in voxels) plus
+    about half the size of the largest fragment."""
     fit: Literal["shrink"] = "shrink"
     read_write_conflict: Literal[False] = False
 
@@ -81,7 +94,7 @@ class DistanceAgglom(GridTask):
             raise ValueError(
                 "DistanceAgglom.storage: a look-up table cannot hold the fragments' "
                 "embeddings; give the graph database whose nodes carry them, then run "
-                'GraphMWS with weights={"distance": (-1.0, threshold)} to get a LUT'
+                "GraphMWS with weights on the similarities to get a LUT"
             )
         return storage
 
@@ -125,15 +138,18 @@ class DistanceAgglom(GridTask):
     def context_voxels(self) -> Coordinate:
         return self.context
 
+    @property
+    def max_distance(self) -> float:
+        """`distance_threshold`, or the smallest extent of `context` in
+        world units."""
+        if self.distance_threshold is not None:
+            return float(self.distance_threshold)
+        return float(min(self.context * self.voxel_size))
+
     def check_config(self) -> None:
         super().check_config()
-        if not self.distance_keys:
-            raise ValueError(
-                "DistanceAgglom.distance_keys is empty: name the node attributes "
-                'holding the embeddings, e.g. distance_keys=["channel_means"]'
-            )
-        node_attrs, _ = self.db.graph_attrs
-        for key in self.distance_keys:
+        node_attrs, edge_attrs = self.db.graph_attrs
+        for key in self.distance_keys or []:
             if key not in node_attrs:
                 raise ValueError(
                     f"DistanceAgglom.distance_keys: {key!r} is not a node attribute "
@@ -144,6 +160,13 @@ class DistanceAgglom(GridTask):
             if (attr_type.dtype if isinstance(attr_type, Vec) else attr_type) is str:
                 raise ValueError(
                     f"DistanceAgglom.distance_keys: {key!r} holds text, not numbers"
+                )
+            if f"{key}_similarity" not in edge_attrs:
+                raise ValueError(
+                    f"DistanceAgglom.distance_keys: the similarity of {key!r} is "
+                    f"written as {key}_similarity, which is not an edge attribute "
+                    f"of the database (it has {sorted(edge_attrs)}). Add it, e.g. "
+                    f'edge_attrs={{"{key}_similarity": "float"}}.'
                 )
 
     def init(self) -> None:
@@ -158,25 +181,30 @@ class DistanceAgglom(GridTask):
         dbs = ThreadConnections(self.db)
         keys = list(self.distance_keys or [])
         background = self.background_intensities or [0.0] * len(keys)
-        metric, eps, threshold = self.distance_metric, self.eps, self.distance_threshold
+        metric, eps = self.distance_metric, self.eps
+        voxel_size, max_distance = self.voxel_size, self.max_distance
 
         def process_block(block) -> None:
-            u, v = adjacent_pairs(fragments.to_ndarray(block.read_roi, fill_value=0))
-            if u.size == 0:
+            labels = read_region(fragments, block.read_roi)
+            present = dense_labels(labels)[0][1:]
+            if present.size < 2:
                 return
-            ids = np.concatenate([u, v])
-            nodes = read_node_columns(dbs.get(), ["position", *keys], ids=ids)
-            owned = owned_pairs(block.write_roi, u, v, nodes)
-            embedding = _embeddings(nodes, keys, background)
-            emb_u, _ = lookup_rows(u[owned], nodes["id"], embedding)
-            emb_v, _ = lookup_rows(v[owned], nodes["id"], embedding)
-            distances = embedding_distances(emb_u, emb_v, metric, eps)
-            keep = np.ones(distances.size, dtype=bool)
-            if threshold is not None:
-                keep = distances <= threshold
-            write_edge_rows(
-                dbs.get(), u[owned][keep], v[owned][keep], {"distance": distances[keep]}
+            nodes = read_node_columns(dbs.get(), ["position", *keys], ids=present)
+            sources = _positioned_in(nodes, block.write_roi)
+            u, v, distance = fragment_distances(
+                labels, voxel_size, max_distance, sources=sources
             )
+            owned = owned_pairs(block.write_roi, u, v, nodes)
+            u, v = u[owned], v[owned]
+            columns = {"distance": distance[owned]}
+            for key, offset in zip(keys, background, strict=True):
+                values = nodes[key].reshape(nodes["id"].size, -1) - offset
+                emb_u, _ = lookup_rows(u, nodes["id"], values)
+                emb_v, _ = lookup_rows(v, nodes["id"], values)
+                columns[f"{key}_similarity"] = embedding_similarities(
+                    emb_u, emb_v, metric, eps
+                )
+            write_edge_rows(dbs.get(), u, v, columns)
 
         try:
             yield process_block
@@ -184,10 +212,10 @@ class DistanceAgglom(GridTask):
             dbs.close_all()
 
 
-def _embeddings(nodes: dict, keys: list[str], background: list[float]) -> np.ndarray:
-    """Per node, its `keys` attributes minus their background, side by side."""
-    parts = [
-        np.asarray(nodes[key], dtype=np.float64).reshape(nodes["id"].size, -1) - offset
-        for key, offset in zip(keys, background, strict=True)
-    ]
-    return np.concatenate(parts, axis=1)
+def _positioned_in(nodes: dict, roi) -> np.ndarray:
+    """Ids of the nodes whose position lies in ``roi`` (world units)."""
+    begin = np.array(roi.begin, dtype=np.float64)
+    end = np.array(roi.end, dtype=np.float64)
+    positions = nodes["position"]
+    inside = np.all((positions >= begin) & (positions < end), axis=1)
+    return nodes["id"][inside]

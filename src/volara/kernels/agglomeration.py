@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage
 
 from .affinities import offset_slices
 
@@ -268,22 +269,107 @@ def lookup_rows(
     return out, found
 
 
-def embedding_distances(
+def embedding_similarities(
     emb_u: np.ndarray, emb_v: np.ndarray, metric: str, eps: float = 1e-8
 ) -> np.ndarray:
-    """Distance between rows of two ``(n, k)`` embedding arrays.
+    """Similarity between rows of two ``(n, k)`` embedding arrays: larger is
+    more alike.
 
-    ``"cosine"``: ``1 - cos(angle)`` in [0, 2], the norms floored at ``eps``;
-    ``"euclidean"``: the Euclidean norm of the difference; ``"max"``: the
-    largest absolute difference of one component.
+    ``"cosine"``: the cosine of the angle, in [-1, 1] (the product of the
+    norms floored at ``eps``); ``"euclidean"``: minus the Euclidean norm of
+    the difference; ``"max"``: minus the largest absolute difference of one
+    component. NaN components give NaN.
     """
     emb_u = np.asarray(emb_u, dtype=np.float64)
     emb_v = np.asarray(emb_v, dtype=np.float64)
     if metric == "cosine":
         norms = np.linalg.norm(emb_u, axis=1) * np.linalg.norm(emb_v, axis=1)
-        return 1.0 - np.sum(emb_u * emb_v, axis=1) / np.maximum(norms, eps)
+        return np.einsum("ij,ij->i", emb_u, emb_v) / np.maximum(norms, eps)
     if metric == "euclidean":
-        return np.linalg.norm(emb_u - emb_v, axis=1)
+        return -np.linalg.norm(emb_u - emb_v, axis=1)
     if metric == "max":
-        return np.max(np.abs(emb_u - emb_v), axis=1, initial=0.0)
+        return -np.max(np.abs(emb_u - emb_v), axis=1, initial=0.0)
     raise ValueError(f"metric must be 'cosine', 'euclidean' or 'max', got {metric!r}")
+
+
+def boundary_mask(fragments: np.ndarray) -> np.ndarray:
+    """The non-zero voxels with a face neighbour (inside the array) of
+    another value, background included."""
+    fragments = np.asarray(fragments)
+    mask = np.zeros(fragments.shape, dtype=bool)
+    for axis in range(fragments.ndim):
+        offset = [0] * fragments.ndim
+        offset[axis] = 1
+        first, second = offset_slices(fragments.shape, offset)
+        differ = fragments[first] != fragments[second]
+        mask[first] |= differ
+        mask[second] |= differ
+    return mask & (fragments != 0)
+
+
+def fragment_distances(
+    fragments: np.ndarray,
+    voxel_size: Sequence[float],
+    max_distance: float,
+    sources: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fragment pairs whose voxels come within ``max_distance`` of each
+    other, and the smallest such distance.
+
+    Distances are between voxel centers, in the units of ``voxel_size``
+    (one value per axis); a pair is kept when its squared distance is at most
+    ``max_distance ** 2``. Returns ``(u, v, distance)`` with ``u < v``,
+    sorted by ``(u, v)``; with ``sources``, only the pairs whose ``u`` is one
+    of them.
+
+    Per source fragment, one Euclidean distance transform of its bounding
+    box grown by ``max_distance`` finds, for every boundary voxel of a larger
+    id there, its nearest voxel of the source (the closest voxels of two
+    fragments always lie on their boundaries, `boundary_mask`); squared
+    distances are then recomputed exactly from the voxel indices.
+    """
+    fragments = np.asarray(fragments)
+    scale = np.asarray(voxel_size, dtype=np.float64)
+    limit = float(max_distance) ** 2
+    ids, dense = dense_labels(fragments)
+    boundary = np.where(boundary_mask(fragments), dense, 0)
+    boxes = ndimage.find_objects(boundary)
+    margin = np.floor(max(float(max_distance), 0.0) / scale).astype(np.int64)
+    wanted = np.arange(1, ids.size)
+    if sources is not None:
+        wanted = wanted[np.isin(ids[1:], np.asarray(sources, dtype=np.uint64))]
+    found_u, found_v, found_d2 = [], [], []
+    for label in wanted.tolist():
+        box = boxes[label - 1] if label <= len(boxes) else None
+        if box is None:
+            continue
+        grown = tuple(
+            slice(max(sl.start - m, 0), min(sl.stop + m, size))
+            for sl, m, size in zip(box, margin.tolist(), fragments.shape, strict=True)
+        )
+        crop = boundary[grown]
+        others = np.nonzero(crop > label)
+        if others[0].size == 0:
+            continue
+        nearest = ndimage.distance_transform_edt(
+            crop != label, sampling=scale, return_distances=False, return_indices=True
+        )
+        d2 = np.zeros(others[0].size)
+        for axis, index in enumerate(others):
+            d2 += ((nearest[axis][others] - index) * scale[axis]) ** 2
+        close = d2 <= limit
+        partner, d2 = crop[others][close], d2[close]
+        order = np.lexsort((d2, partner))
+        partner, d2 = partner[order], d2[order]
+        first = np.ones(partner.size, dtype=bool)
+        first[1:] = partner[1:] != partner[:-1]
+        found_v.append(partner[first])
+        found_d2.append(d2[first])
+        found_u.append(np.full(int(first.sum()), label))
+    if not found_u:
+        empty = np.zeros(0, dtype=np.uint64)
+        return empty, empty.copy(), np.zeros(0)
+    u, v = np.concatenate(found_u), np.concatenate(found_v)
+    d2 = np.concatenate(found_d2)
+    order = np.lexsort((v, u))
+    return ids[u[order]], ids[v[order]], np.sqrt(d2[order])
