@@ -323,3 +323,16 @@ def test_million_nodes_within_a_minute(tmp_path):
     lut = task.solve()
     assert time.perf_counter() - start < 60
     assert lut.shape == (2, 1_000_000)
+
+
+def test_lut_at_a_url(tmp_path):
+    # an s3:// table of a volara 1.0.5 config is written through fsspec
+    # (memory:// here: the single block runs in this process)
+    db = graph_db(tmp_path)
+    write_graph(db)
+    lut = LUT(path="memory://tables/graph-mws-test")
+    try:
+        assert run(make_task(tmp_path, db, lut=lut)) == run(make_task(tmp_path, db))
+        assert not (tmp_path / "memory:").exists()
+    finally:
+        lut.drop()

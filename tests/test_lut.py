@@ -92,3 +92,37 @@ def test_luts_load_iterated_chains_tables(tmp_path):
     np.testing.assert_array_equal(chained, [[1, 2, 3, 4], [100, 100, 100, 7]])
     assert isinstance(first + (second + third), LUTS)
     np.testing.assert_array_equal((first + (second + third)).load_iterated(), chained)
+
+
+def test_volara1_tables_and_configs_load(tmp_path):
+    # volara 1.0.5 dumps LUTs with s3_kwargs and saves int64 tables next to
+    # the mutex watershed edges
+    lut = LUT.model_validate({"path": str(tmp_path / "lut.npz"), "s3_kwargs": None})
+    np.savez_compressed(
+        lut.file,
+        fragment_segment_lut=np.array([[3, 4, 9], [3, 3, 9]], dtype=np.int64),
+        edges=np.array([[1, 3, 4], [0, 4, 9]]),
+    )
+    np.testing.assert_array_equal(lut.load(), [[3, 4, 9], [3, 3, 9]])
+    assert lut.uri == str(tmp_path / "lut.npz") and not lut.is_s3
+
+
+def test_url_tables_are_remote_not_local_paths(tmp_path, monkeypatch):
+    # an s3:// (or any fsspec) url is written through fsspec, never to a
+    # local directory named "s3:"
+    monkeypatch.chdir(tmp_path)
+    lut = LUT(path="memory://bucket/run/lut")
+    assert lut.is_s3 and lut.uri == "memory://bucket/run/lut.npz" and lut.name == "lut"
+    again = LUT.model_validate_json(lut.model_dump_json())
+    assert again == lut and again.path == "memory://bucket/run/lut"
+    with pytest.raises(ValueError, match="has no local file"):
+        lut.file  # noqa: B018
+    assert not lut.exists() and lut.load() is None
+    lut.save(np.array([[1, 2], [5, 5]]))
+    assert lut.exists()
+    np.testing.assert_array_equal(lut.load(), [[1, 2], [5, 5]])
+    assert list(tmp_path.iterdir()) == []
+    lut.drop()
+    assert not lut.exists()
+    with pytest.raises(FileNotFoundError, match="no look-up table at memory://"):
+        lut.check_readable()

@@ -199,3 +199,20 @@ def test_relabel_without_a_lut_errors_before_running(tmp_path):
         run(task, False)
     assert not (tmp_path / "d.zarr/segments").exists()
     assert not task.block_ds.exists()
+
+
+def test_relabel_reads_a_remote_lut(tmp_path):
+    # volara 1.0.5 configs may name an s3:// table; any fsspec url is read
+    # the same way (memory:// here, so the run stays in this process)
+    frags = np.arange(1, 9, dtype=np.uint64).reshape(2, 2, 2)
+    write_array(tmp_path / "d.zarr/frags", frags)
+    lut = LUT(path="memory://tables/relabel-test")
+    lut.save(np.array([[1, 2, 8], [5, 5, 0]]))
+    try:
+        task = relabel_task(tmp_path, lut=lut)
+        run(task, False)
+        segments = task.seg_data.array()
+        expected = [[[5, 5], [3, 4]], [[5, 6], [7, 0]]]
+        np.testing.assert_array_equal(segments.to_ndarray(segments.roi), expected)
+    finally:
+        lut.drop()

@@ -2,13 +2,20 @@
 
 A LUT file holds ``fragment_segment_lut``, a ``(2, n)`` uint64 array whose
 first row are fragment ids and second row the segment each belongs to.
+
+A table lives in a local file or, as in volara 1.0.5, at an ``s3://`` uri
+(any fsspec url works the same way, e.g. ``memory://``); remote tables are
+read and written through fsspec (``s3fs`` for S3), imported only when used.
 """
 
 from __future__ import annotations
 
+import io
+import re
 import zipfile
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 from pydantic import field_validator
@@ -17,37 +24,83 @@ from .kernels.relabel import map_values, sorted_mapping
 from .utils import StrictBaseModel
 
 LUT_KEY = "fragment_segment_lut"
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class LUT(StrictBaseModel):
     """A look-up table file mapping fragment ids to segment ids."""
 
     path: Path | str
-    """Where the table is stored. ``.npz`` is appended when missing."""
+    """Where the table is stored: a local path or an ``s3://`` uri (e.g.
+    ``s3://bucket/data.zarr/lut.npz``). ``.npz`` is appended when missing."""
+    s3_kwargs: dict[str, Any] | None = None
+    """Options for the S3 filesystem (``s3fs.S3FileSystem(**s3_kwargs)``),
+    e.g. an ``endpoint_url`` for S3-compatible stores; ``None``: credentials
+    and endpoint from the environment. Only used for remote paths."""
 
-    @field_validator("path")
+    @field_validator("path", mode="wrap")
     @classmethod
-    def _path_as_path(cls, path: Path | str) -> Path:
+    def _path_as_path(cls, path: Any, handler: Any) -> Path | str:
         # JSON cannot tell a str from a Path: one type keeps configs equal
-        # after a round trip through a file.
-        return Path(path)
+        # after a round trip through a file. A url stays a string (a Path
+        # would fold its "//").
+        if isinstance(path, str) and _URL.match(path):
+            return path
+        return Path(handler(path))
+
+    @property
+    def is_s3(self) -> bool:
+        """Whether the table lives behind a url (``s3://...``) rather than in
+        a local file."""
+        return isinstance(self.path, str)
+
+    @property
+    def uri(self) -> str:
+        """Where the table is, as a string: the url of a remote table (with
+        ``.npz``), the local file's path otherwise."""
+        if isinstance(self.path, str):
+            return self.path if self.path.endswith(".npz") else f"{self.path}.npz"
+        return str(self.file)
 
     @property
     def file(self) -> Path:
-        """The ``.npz`` file of this table."""
-        path = Path(self.path)
+        """The local ``.npz`` file of this table (`uri` for remote ones)."""
+        if isinstance(self.path, str):
+            raise ValueError(
+                f"LUT.path: {self.path} is a url and has no local file; use `uri`"
+            )
+        path = self.path
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
     @property
+    def location(self) -> Path:
+        """The table's place as a path, to compare with other tasks' outputs
+        (the local file, or the url as a path)."""
+        return Path(self.uri) if self.is_s3 else self.file
+
+    @property
     def name(self) -> str:
-        return self.file.stem
+        return PurePosixPath(self.uri).stem
+
+    def _filesystem(self):
+        import fsspec
+
+        protocol = self.uri.split("://", 1)[0]
+        return fsspec.filesystem(protocol, **(self.s3_kwargs or {}))
 
     def exists(self) -> bool:
+        if self.is_s3:
+            return bool(self._filesystem().exists(self.uri))
         return self.file.exists()
 
     def drop(self) -> None:
-        """Delete the file, if there is one."""
-        if self.file.exists():
+        """Delete the table, if there is one."""
+        if self.is_s3:
+            filesystem = self._filesystem()
+            if filesystem.exists(self.uri):
+                filesystem.rm(self.uri)
+            filesystem.invalidate_cache(self.uri)
+        elif self.file.exists():
             self.file.unlink()
 
     def save(self, lut: np.ndarray, edges: np.ndarray | None = None) -> None:
@@ -62,27 +115,42 @@ class LUT(StrictBaseModel):
         arrays = {LUT_KEY: lut.astype(np.uint64)}
         if edges is not None:
             arrays["edges"] = np.asarray(edges)
+        if self.is_s3:
+            # written whole in one put: readers see the old or the new table
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
+            filesystem = self._filesystem()
+            filesystem.pipe_file(self.uri, buffer.getvalue())
+            filesystem.invalidate_cache(self.uri)
+            return
         self.file.parent.mkdir(parents=True, exist_ok=True)
         partial = self.file.with_name(self.file.name + ".partial.npz")
         np.savez_compressed(partial, **arrays)  # type: ignore[arg-type]
         partial.replace(self.file)
 
     def load(self) -> np.ndarray | None:
-        """The ``(2, n)`` table, or ``None`` if the file does not exist."""
-        if not self.file.exists():
+        """The ``(2, n)`` table, or ``None`` if there is none at `path`."""
+        if self.is_s3:
+            filesystem = self._filesystem()
+            if not filesystem.exists(self.uri):
+                return None
+            source: Any = io.BytesIO(filesystem.cat_file(self.uri))
+        elif not self.file.exists():
             return None
+        else:
+            source = self.file
         try:
-            with np.load(self.file, allow_pickle=False) as data:
+            with np.load(source, allow_pickle=False) as data:
                 lut = data[LUT_KEY]
         except (zipfile.BadZipFile, ValueError, OSError, KeyError, EOFError) as e:
             raise ValueError(
-                f"LUT.path: {self.file} is not a readable look-up table (an .npz "
+                f"LUT.path: {self.uri} is not a readable look-up table (an .npz "
                 f"with a (2, n) '{LUT_KEY}' array): {e}. Rerun the task that "
                 "writes it (e.g. GraphMWS) after deleting the file."
             ) from e
         if lut.ndim != 2 or lut.shape[0] != 2:
             raise ValueError(
-                f"LUT.path: {self.file} holds an array of shape {lut.shape}; a "
+                f"LUT.path: {self.uri} holds an array of shape {lut.shape}; a "
                 "look-up table has shape (2, n)"
             )
         return lut
@@ -91,7 +159,7 @@ class LUT(StrictBaseModel):
         """Raise a clear error if the table is missing or unreadable."""
         if self.load() is None:
             raise FileNotFoundError(
-                f"LUT.path: no look-up table at {self.file}. Run the task that "
+                f"LUT.path: no look-up table at {self.uri}. Run the task that "
                 "writes it (e.g. GraphMWS) first, or fix the path."
             )
 

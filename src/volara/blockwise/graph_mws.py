@@ -122,7 +122,7 @@ class GraphMWS(BlockwiseTask):
 
     @property
     def output_paths(self) -> list[Path]:
-        return [self.lut.file]
+        return [self.lut.location]
 
     def check_config(self) -> None:
         node_attrs, edge_attrs = self.db.graph_attrs
@@ -140,7 +140,7 @@ class GraphMWS(BlockwiseTask):
                 f"positions have {self.db.ndim}"
             )
         if self.starting_lut is not None and not self.produced_upstream(
-            self.starting_lut.file
+            self.starting_lut.location
         ):
             self.starting_lut.check_readable()
         self._check_out_db(node_attrs)
@@ -209,7 +209,7 @@ class GraphMWS(BlockwiseTask):
         self.lut.save(table)
         logger.info(
             "saved %s: %d fragments in %d segments",
-            self.lut.file,
+            self.lut.uri,
             table.shape[1],
             np.unique(segments).size,
         )
@@ -225,7 +225,7 @@ class GraphMWS(BlockwiseTask):
         start = self.starting_lut.load()
         if start is None:
             raise FileNotFoundError(
-                f"GraphMWS.starting_lut: no look-up table at {self.starting_lut.file}"
+                f"GraphMWS.starting_lut: no look-up table at {self.starting_lut.uri}"
             )
         forced_u, forced_v = forced_merges(start[0], start[1], node_ids)
         return (

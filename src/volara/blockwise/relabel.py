@@ -47,7 +47,7 @@ class Relabel(GridTask):
 
     def check_config(self) -> None:
         super().check_config()
-        if not self.produced_upstream(self.lut.file):
+        if not self.produced_upstream(self.lut.location):
             self.lut.check_readable()
 
     def init(self) -> None:
@@ -66,7 +66,7 @@ class Relabel(GridTask):
             if not mapping:
                 table = lut.load()
                 if table is None:
-                    raise FileNotFoundError(f"LUT.path: no look-up table at {lut.file}")
+                    raise FileNotFoundError(f"LUT.path: no look-up table at {lut.uri}")
                 mapping.append(sorted_mapping(table[0], table[1]))
             src, dst = mapping[0]
             labels = read_region(fragments, block.write_roi)
