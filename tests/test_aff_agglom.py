@@ -318,3 +318,19 @@ def test_uneven_blocks_give_the_same_edges(tmp_path):
     assert_matches_reference(
         stored_edges(db), reference_means(fragments, affs), positions
     )
+
+
+def test_volara1_bulk_write_is_accepted_and_changes_nothing(tmp_path):
+    # volara 1.0.5 configs carry bulk_write (its dumps always do); with it,
+    # volara 1 let the first block to finish score an edge. Here the edges
+    # and scores are the whole-volume ones either way.
+    db = sqlite_db(tmp_path, "graph")
+    fragments, affs, positions = setup_volume(tmp_path, db)
+    task = make_task(tmp_path, db, bulk_write=True, num_workers=2)
+    again = AffAgglom.model_validate_json(task.model_dump_json())
+    assert again == task and again.bulk_write
+    states = again.run_blockwise()
+    assert states["graph-aff-agglom"].completed_count == 27
+    assert_matches_reference(
+        stored_edges(db), reference_means(fragments, affs), positions
+    )

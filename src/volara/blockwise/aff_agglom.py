@@ -59,6 +59,12 @@ class AffAgglom(GridTask):
     neighborhood), e.g. ``{"xy_aff": [[0, 1, 0], [0, 0, 1]], "z_aff":
     [[1, 0, 0]]}``. A pair without contacts along a group's offsets gets no
     value (NULL) for that score."""
+    bulk_write: bool = False
+    """Accepted so that volara 1.0.5 configs load; has no effect. volara 1
+    wrote differently with it (indexes dropped, and an edge scored by the
+    first block to finish among all those holding voxels of its smaller
+    fragment); volara 2 always writes each block's edges in one insert, with
+    the scores described above."""
     fit: Literal["shrink"] = "shrink"
     """Blocks at the end of the volume are cropped to it."""
     read_write_conflict: Literal[False] = False
