@@ -10,6 +10,7 @@ node per fragment (center of mass, size) in the graph database.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from ..datasets import Affs, Dataset, Labels, Raw, read_region, write_region
 from ..dbs import AnyDB, SQLite, ThreadConnections
 from ..graph_writes import replace_nodes_in_roi
 from ..kernels import mutex_watershed as mws
+from ..kernels.seeding import Seeding
 from ..utils import PydanticCoordinate
 from .grid import GridTask
 
@@ -93,6 +95,54 @@ class ExtractFrags(GridTask):
     randomized_strides: bool = False
     """Turn each stride into a probability ``1/prod(stride)`` of keeping an
     edge, instead of a regular grid, to avoid grid artifacts."""
+    min_extent: PydanticCoordinate | None = None
+    """Remove fragments whose bounding box spans fewer voxels than this
+    along some axis, one value per spatial axis, measured over the block
+    plus its context. E.g. ``(2, 1, 1)`` on serial-section data removes
+    fragments one section thick: uncertain regions come out of the mutex
+    watershed as stacks of such plates, which ``filter_fragments`` misses
+    because their in-plane affinities are high. ``None``: keep all."""
+    min_seed_distance: int | None = Field(default=None, ge=1)
+    """Place seeds before the watershed, one spacing everywhere: seeds go on
+    the peaks of the distance to the nearest boundary (inside the boundary
+    mask, see ``boundary_mask_offsets``), at most one per cube of this many
+    voxels. Each seed ends up in a fragment of its own, so thick objects
+    are not left as one fragment by a single weak spot. Set this or
+    ``adaptive_seed_spacing``, or neither (no seeds)."""
+    adaptive_seed_spacing: float | None = Field(default=None, gt=0)
+    """Place seeds before the watershed at a spacing that follows the local
+    object size: a seed on the medial axis keeps other seeds further away
+    than this many times its distance to the boundary (its local radius),
+    capped by the context. ``2.0`` is about one seed per local diameter;
+    smaller gives more seeds. Distances in world units. Exclusive with
+    ``min_seed_distance``."""
+    boundary_mask_offsets: Literal["direct", "all"] | list[int] = "direct"
+    """The offsets whose mean affinity (above 0.5) marks object interiors,
+    where seeds may go: ``"direct"`` the one-voxel offsets, ``"all"`` the
+    whole neighborhood, or a list of channel indices. Long offsets erode
+    each object by about their length: objects thinner than that get no
+    seed."""
+    seed_eps: float | None = Field(default=None, ge=0)
+    """With seeds: lower every affinity by this much per voxel of distance
+    from the nearest seed, so fragments stay closer to their seeds (more,
+    smaller fragments). ``None``: no decay."""
+    max_seed_decay_distance: int | None = Field(default=None, ge=0)
+    """With ``seed_eps``: the distance (voxels) beyond which the decay stops
+    growing, so the interiors of large objects far from any seed are not
+    left without fragments. ``None``: no limit."""
+    voronoi: Literal["geodesic", "euclidean"] | None = None
+    """With seeds: weaken the direct-neighbor affinities between the
+    territories of two seeds, so fragment boundaries fall where the
+    territories meet rather than wherever the affinities dip.
+    ``"geodesic"``: a territory grows from its seed through the object
+    (a seed claims only tissue connected to it; seams settle at necks);
+    ``"euclidean"``: every voxel belongs to its nearest seed in space
+    (cheaper, but can claim tissue across a boundary). Territories smaller
+    than ``remove_debris`` join their largest neighbor first. ``None``: no
+    seams."""
+    bulk_write: bool = False
+    """Accepted for volara 1.0.5 configs; has no effect: volara 2 always
+    writes a block's nodes in one bulk statement, with the same result."""
     tie_break: bool = False
     """Take affinities of exactly equal value in an order fixed by their
     position in the whole volume, so a block grows the same fragments as one
@@ -116,6 +166,7 @@ class ExtractFrags(GridTask):
                 f"{type(self).__name__}.db: ndim is {self.db.ndim}, the affinities "
                 f"have {dims} spatial axes; set db.ndim={dims}"
             )
+        check_seeding_fields(type(self).__name__, self)
         if self.sigma is not None and (
             self.sigma.dims != dims or any(s < 0 for s in self.sigma)
         ):
@@ -133,6 +184,32 @@ class ExtractFrags(GridTask):
     def neighborhood(self) -> list[Coordinate]:
         """The affinity offsets, in voxels."""
         return list(self.affs_data.neighborhood or [])
+
+    @property
+    def seeding(self) -> Seeding | None:
+        """The seeding options as the kernel takes them (None: no seeds)."""
+        if self.min_seed_distance is None and self.adaptive_seed_spacing is None:
+            return None
+        voxel_size = self.affs_data.array("r").voxel_size
+        return Seeding(
+            min_seed_distance=self.min_seed_distance,
+            adaptive_seed_spacing=self.adaptive_seed_spacing,
+            boundary_mask_channels=tuple(self.boundary_mask_channels),
+            seed_eps=self.seed_eps,
+            max_seed_decay_distance=self.max_seed_decay_distance,
+            voronoi=self.voronoi,
+            min_territory_size=self.remove_debris,
+            largest_spacing=float(min(self.context * voxel_size)),
+        )
+
+    @property
+    def boundary_mask_channels(self) -> list[int]:
+        """``boundary_mask_offsets`` as channel indices."""
+        if self.boundary_mask_offsets == "all":
+            return list(range(len(self.neighborhood)))
+        if self.boundary_mask_offsets == "direct":
+            return mws.direct_neighbor_channels(self.neighborhood)
+        return list(self.boundary_mask_offsets)
 
     @property
     def spatial_dims(self) -> int:
@@ -186,9 +263,10 @@ class ExtractFrags(GridTask):
         # geometry looked up once: each property opens the input array
         grid = _Grid(affs.voxel_size, affs.roi, self.write_roi.offset, self.write_size)
         dbs = ThreadConnections(self.db)
+        seeding = self.seeding
 
         def process_block(block) -> None:
-            nodes = self.fragments_in_block(block, affs, mask, frags, grid)
+            nodes = self.fragments_in_block(block, affs, mask, frags, grid, seeding)
             replace_nodes_in_roi(dbs.get(), nodes, block.write_roi)
 
         try:
@@ -197,7 +275,7 @@ class ExtractFrags(GridTask):
             dbs.close_all()
 
     def fragments_in_block(
-        self, block, affs, mask, frags, grid: _Grid
+        self, block, affs, mask, frags, grid: _Grid, seeding: Seeding | None
     ) -> dict[int, dict]:
         """Compute, write and describe the fragments of one block; returns
         the nodes to store, by id."""
@@ -218,6 +296,10 @@ class ExtractFrags(GridTask):
             crop=crop,
             min_mean_affinity=self.filter_fragments,
             min_size=self.remove_debris,
+            min_extent=self.min_extent,
+            seeding=seeding,
+            voxel_size=voxel_size,
+            outside=_outside_volume(block.read_roi, grid.volume, voxel_size),
             strides=self.strides,
             randomized_strides=self.randomized_strides,
             mask=inside,
@@ -255,6 +337,17 @@ class _Grid(NamedTuple):
     """World units."""
 
 
+def _outside_volume(
+    read_roi: Roi, volume: Roi, voxel_size: Coordinate
+) -> tuple[Coordinate, Coordinate]:
+    """Voxels of ``read_roi`` past ``volume``, before and after it per axis."""
+    inside = read_roi.intersect(volume)
+    return (
+        (inside.begin - read_roi.begin) / voxel_size,
+        (read_roi.end - inside.end) / voxel_size,
+    )
+
+
 def _crop(read_roi: Roi, write_roi: Roi, voxel_size: Coordinate) -> tuple[slice, ...]:
     begin = (write_roi.offset - read_roi.offset) / voxel_size
     end = begin + write_roi.shape / voxel_size
@@ -284,6 +377,48 @@ def check_per_offset_fields(name: str, task: Any) -> None:
                 f"{name}.strides: {tuple(stride)} must have {dims} values >= 1 "
                 "(voxels), one per spatial axis"
             )
+
+
+def check_seeding_fields(name: str, task: Any) -> None:
+    """The seeding fields of `ExtractFrags` agree with each other and with
+    the neighborhood."""
+    if task.min_seed_distance is not None and task.adaptive_seed_spacing is not None:
+        raise ValueError(
+            f"{name}: min_seed_distance and adaptive_seed_spacing both set the seed "
+            "spacing; set one of them (or neither, for no seeds)"
+        )
+    offsets = len(task.affs_data.neighborhood or [])
+    if isinstance(task.boundary_mask_offsets, list) and (
+        not task.boundary_mask_offsets
+        or min(task.boundary_mask_offsets) < 0
+        or max(task.boundary_mask_offsets) >= offsets
+    ):
+        raise ValueError(
+            f"{name}.boundary_mask_offsets {task.boundary_mask_offsets}: give at "
+            f"least one channel index in 0..{offsets - 1} (the neighborhood has "
+            f"{offsets} offsets), or 'direct' / 'all'"
+        )
+    dims = task.affs_data.neighborhood[0].dims if offsets else None
+    if task.min_extent is not None and task.min_extent.dims != dims:
+        raise ValueError(
+            f"{name}.min_extent {tuple(task.min_extent)}: give {dims} values "
+            "(voxels), one per spatial axis"
+        )
+    seeded = (
+        task.min_seed_distance is not None or task.adaptive_seed_spacing is not None
+    )
+    unused = [
+        field
+        for field in ("seed_eps", "max_seed_decay_distance", "voronoi")
+        if getattr(task, field) is not None and not seeded
+    ]
+    if unused:
+        # volara 1.0.5 ignored them silently: configs carrying them still run
+        warnings.warn(
+            f"{name}: {', '.join(unused)} only act on seeds; set min_seed_distance "
+            "or adaptive_seed_spacing, or remove them",
+            stacklevel=2,
+        )
 
 
 def check_affinity_channels(name: str, affs_data: Affs) -> None:

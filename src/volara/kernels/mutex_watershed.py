@@ -16,11 +16,23 @@ from typing import NamedTuple
 
 import mwatershed
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import distance_transform_edt, gaussian_filter
 from skimage.measure import label as label_components
 
 from .affinities import pair_mask
 from .relabel import relabel, sorted_mapping
+from .seeding import (
+    Seeding,
+    absorb_small_territories,
+    adaptive_seeds,
+    boundary_mask,
+    continue_past_faces,
+    damp_seams,
+    seed_decay,
+    seed_territories,
+    spaced_seeds,
+    thin_clusters,
+)
 
 EMPTY_AFFINITY = 1e-3
 """A region whose largest affinity (scaled to [0, 1]) is below this has no
@@ -63,19 +75,26 @@ def mutex_watershed_clusters(
     noise_eps: float | None = None,
     noise_seed: int | Sequence[int] = 0,
     origin: Sequence[int] | None = None,
+    decay: np.ndarray | None = None,
+    seams: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """`mwatershed.agglom` on the edge weights of ``affs``: its raw cluster
     ids, uint64, spatial shape.
 
     Arguments as in `mutex_watershed`; ``seeds`` are passed through as they
-    are. A voxel that no attractive edge (``affinity + bias > 0``) touches
-    is in no cluster and gets 0; every other voxel gets an id that names its
-    cluster (the index of one of its voxels; a voxel whose attractive edges
-    were all refused is a cluster of its own).
+    are. ``decay`` (spatial shape) is subtracted from every edge starting at
+    a voxel; ``seams`` (territories, mask) damps the direct-neighbor edges
+    between territories (`seeding.damp_seams`). A voxel that no attractive
+    edge (``affinity + bias > 0``) touches is in no cluster and gets 0;
+    every other voxel gets an id that names its cluster (the index of one of
+    its voxels; a voxel whose attractive edges were all refused is a cluster
+    of its own).
     """
     weights = _edge_weights(
-        affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed
+        affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed, decay
     )
+    if seams is not None:
+        damp_seams(weights, seams[0], seams[1], neighborhood)
     if origin is not None:
         add_tie_break_jitter(weights, origin)
     clusters = mwatershed.agglom(
@@ -170,6 +189,10 @@ def extract_fragments(
     crop: tuple[slice, ...] | None = None,
     min_mean_affinity: float = 0.0,
     min_size: int = 0,
+    min_extent: Sequence[int] | None = None,
+    seeding: Seeding | None = None,
+    voxel_size: Sequence[float] | None = None,
+    outside: tuple[Sequence[int], Sequence[int]] | None = None,
     **watershed_options,
 ) -> np.ndarray:
     """Fragments of the region ``crop`` of ``affs``, as volara 1.0.5's
@@ -177,37 +200,100 @@ def extract_fragments(
     mutex-watershed cluster.
 
     The mutex watershed runs on the whole of ``affs`` (a block plus its
-    context). Clusters with fewer than ``min_size`` voxels or a mean direct-
-    neighbor affinity below ``min_mean_affinity`` are dropped, both measured
-    over the whole of ``affs``, so a cluster that the crop cuts small is
-    kept when it is large. Then, inside ``crop``, each cluster is split into
-    its connected pieces (voxels touching by a face, edge or corner), since
+    context), seeded as ``seeding`` says (distances in world units of
+    ``voxel_size``; ``outside``: voxels of ``affs`` past the stored volume,
+    per side of each axis, see `seeding.continue_past_faces`). Clusters
+    with fewer than ``min_size`` voxels, a mean direct-neighbor affinity
+    below ``min_mean_affinity`` or a bounding box narrower than
+    ``min_extent`` (voxels, per axis) are dropped, all measured over the
+    whole of ``affs``, so a cluster that the crop cuts small is kept when it
+    is large. Then, inside ``crop``, each cluster is split into its
+    connected pieces (voxels touching by a face, edge or corner), since
     pieces joined only through the context are separate objects as far as
     the block can tell. Voxels no attractive edge touches, dropped clusters
     and masked voxels are 0. If every affinity is below `EMPTY_AFFINITY`
     there are no fragments.
 
-    ``watershed_options`` are those of `mutex_watershed_clusters` (no
-    seeds). Returns int64 labels ``1..n`` of the crop's shape, numbered in
-    C order of each fragment's first voxel.
+    ``watershed_options`` are those of `mutex_watershed_clusters` but the
+    seeds. Returns int64 labels ``1..n`` of the crop's shape, numbered in C
+    order of each fragment's first voxel.
     """
     if "seeds" in watershed_options:
-        raise TypeError("extract_fragments takes no seeds; use mutex_watershed")
+        raise TypeError("extract_fragments places its own seeds (seeding=...)")
     crop = crop if crop is not None else (slice(None),) * (np.ndim(affs) - 1)
     if largest_affinity(affs) < EMPTY_AFFINITY:
         crop_shape = np.empty(np.shape(affs)[1:], dtype=np.bool_)[crop].shape
         return np.zeros(crop_shape, dtype=np.int64)
+    mask = watershed_options.get("mask")
+    if seeding is not None and seeding.places_seeds:
+        spacing = voxel_size if voxel_size is not None else (1,) * (np.ndim(affs) - 1)
+        watershed_options.update(
+            _seeded_options(affs, mask, neighborhood, seeding, spacing, outside)
+        )
     clusters = mutex_watershed_clusters(affs, neighborhood, bias, **watershed_options)
-    keep = _clusters_to_keep(
-        clusters, affs, neighborhood, min_mean_affinity, min_size
-    )
+    keep = _clusters_to_keep(clusters, affs, neighborhood, min_mean_affinity, min_size)
+    if min_extent is not None:
+        thin = thin_clusters(clusters, min_extent)
+        if thin.size:
+            if keep is None:
+                keep = np.ones(int(clusters.max()) + 1, dtype=bool)
+            keep[thin.astype(np.intp)] = False
     inside = clusters[crop]
     if keep is not None:
         inside = np.where(keep[inside], inside, np.uint64(0))
-    mask = watershed_options.get("mask")
     if mask is not None:
         inside = np.where(np.asarray(mask, dtype=bool)[crop], inside, np.uint64(0))
     return connected_pieces(inside)
+
+
+def _seeded_options(
+    affs: np.ndarray,
+    mask: np.ndarray | None,
+    neighborhood: Sequence[Sequence[int]],
+    seeding: Seeding,
+    voxel_size: Sequence[float],
+    outside: tuple[Sequence[int], Sequence[int]] | None,
+) -> dict:
+    """Seeds (moved above the voxel-index ids), and the affinity decay and
+    seams they ask for, for `mutex_watershed_clusters`."""
+    values = affinities_as_float(affs)
+    if mask is not None:
+        values *= np.asarray(mask, dtype=bool)
+    interior = boundary_mask(values, seeding.boundary_mask_channels)
+    if outside is not None:
+        interior = continue_past_faces(interior, *outside)
+    distances = distance_transform_edt(
+        interior, sampling=tuple(float(v) for v in voxel_size)
+    )
+    if seeding.adaptive_seed_spacing is not None:
+        seeds = adaptive_seeds(
+            distances,
+            voxel_size,
+            seeding.adaptive_seed_spacing,
+            seeding.largest_spacing,
+        )
+    else:
+        assert seeding.min_seed_distance is not None  # places_seeds
+        # spacing in voxels, as volara 1.0.5 measures it
+        seeds = spaced_seeds(
+            distance_transform_edt(interior), seeding.min_seed_distance
+        )
+    seeds[~interior] = 0
+    options: dict = {"seeds": _shift_seeds(seeds, seeds.shape)[1]}
+    if seeding.seed_eps is not None:
+        options["decay"] = seeding.seed_eps * seed_decay(
+            seeds, seeding.max_seed_decay_distance
+        )
+    if seeding.voronoi is not None:
+        territories = seed_territories(
+            seeds, distances, interior, voxel_size, seeding.voronoi
+        )
+        if seeding.min_territory_size > 0:
+            territories = absorb_small_territories(
+                territories, seeding.min_territory_size
+            )
+        options["seams"] = (territories, interior)
+    return options
 
 
 def _clusters_to_keep(
@@ -242,7 +328,7 @@ def connected_pieces(labels: np.ndarray) -> np.ndarray:
 
 
 def _edge_weights(
-    affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed
+    affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed, decay=None
 ) -> np.ndarray:
     """float64 edge weights for mwatershed: affinity (smoothed, with noise,
     0 on pairs touching the mask) plus bias. Computed in the precision of
@@ -270,6 +356,10 @@ def _edge_weights(
     if sigma is not None:
         weights += gaussian_filter(values, (0, *sigma)) - values
     weights += bias_column
+    if decay is not None:
+        # in the decay's precision, rounded once into the weights' (as
+        # volara 1.0.5 rounds it)
+        np.subtract(weights, decay, out=weights, casting="same_kind")
     weights += values
     if outside is not None:
         # smoothing and noise must not give masked pairs an affinity
