@@ -327,6 +327,88 @@ class ExtractFrags(GridTask):
             for node_id, position, size in zip(ids, positions, stats.sizes, strict=True)
         }
 
+    # -- volara 1.0.5's methods, for scripts that call them on one region --
+
+    def compute_fragments(
+        self,
+        affs_data: np.ndarray,
+        rng: np.random.Generator | None = None,
+        voxel_size: Coordinate | None = None,
+        out_of_volume: tuple[Coordinate, Coordinate] | None = None,
+    ) -> np.ndarray:
+        """The mutex-watershed clusters of one read region (affinities
+        channels first, float in [0, 1] or uint8), before any filter and
+        before cutting into pieces: uint64 cluster ids, 0 where no attractive
+        edge touches a voxel. ``rng`` draws the ``noise_eps`` noise;
+        ``out_of_volume``: voxels of the region past the stored volume,
+        (before, after) per axis, for the seeding."""
+        return self._clusters(affs_data, rng, voxel_size, out_of_volume, filters=False)
+
+    def get_fragments(
+        self,
+        affs_data: np.ndarray,
+        voxel_size: Coordinate | None = None,
+        out_of_volume: tuple[Coordinate, Coordinate] | None = None,
+    ) -> np.ndarray:
+        """`compute_fragments` with ``filter_fragments``, ``remove_debris``
+        and ``min_extent`` applied (dropped clusters are 0), all measured on
+        this region. A block keeps the connected pieces of these inside its
+        write region."""
+        return self._clusters(affs_data, None, voxel_size, out_of_volume, filters=True)
+
+    def filter_avg_fragments(
+        self, affs: np.ndarray, fragments_data: np.ndarray, filter_value: float
+    ) -> np.ndarray:
+        """``fragments_data`` with the fragments whose mean direct-neighbor
+        affinity (in ``affs``, channels first) is below ``filter_value`` set
+        to 0."""
+        filtered, _ = mws.filter_fragments(
+            fragments_data,
+            affs,
+            min_mean_affinity=filter_value,
+            channels=mws.direct_neighbor_channels(self.neighborhood),
+        )
+        return filtered
+
+    def fragment_centers(
+        self, fragments_data: np.ndarray, offset: Coordinate, voxel_size: Coordinate
+    ) -> dict[int, dict]:
+        """Per non-zero fragment id: ``center`` (center of mass of its
+        voxel centers, world units, for an array starting at ``offset``)
+        and ``size`` (voxels). volara 1.0.5 rounds the center down to a
+        voxel corner; volara 2 stores, and returns here, the exact one."""
+        stats = mws.fragment_statistics(fragments_data)
+        centers = np.asarray(offset) + (stats.centers + 0.5) * np.asarray(voxel_size)
+        return {
+            int(fragment): {
+                "center": tuple(float(c) for c in center),
+                "size": int(size),
+            }
+            for fragment, center, size in zip(
+                stats.ids, centers, stats.sizes, strict=True
+            )
+        }
+
+    def _clusters(self, affs_data, rng, voxel_size, out_of_volume, filters: bool):
+        voxel_size = voxel_size or self.affs_data.array("r").voxel_size
+        seed = None if rng is None else int(rng.integers(2**63))
+        return mws.filtered_clusters(
+            np.asarray(affs_data),
+            self.neighborhood,
+            self.bias,
+            min_mean_affinity=self.filter_fragments if filters else 0.0,
+            min_size=self.remove_debris if filters else 0,
+            min_extent=self.min_extent if filters else None,
+            seeding=self.seeding,
+            voxel_size=voxel_size,
+            outside=out_of_volume,
+            strides=self.strides,
+            randomized_strides=self.randomized_strides,
+            sigma=self.sigma,
+            noise_eps=self.noise_eps,
+            noise_seed=seed if seed is not None else 0,
+        )
+
 
 class _Grid(NamedTuple):
     voxel_size: Coordinate

@@ -218,12 +218,41 @@ def extract_fragments(
     seeds. Returns int64 labels ``1..n`` of the crop's shape, numbered in C
     order of each fragment's first voxel.
     """
-    if "seeds" in watershed_options:
-        raise TypeError("extract_fragments places its own seeds (seeding=...)")
     crop = crop if crop is not None else (slice(None),) * (np.ndim(affs) - 1)
+    clusters = filtered_clusters(
+        affs,
+        neighborhood,
+        bias,
+        min_mean_affinity=min_mean_affinity,
+        min_size=min_size,
+        min_extent=min_extent,
+        seeding=seeding,
+        voxel_size=voxel_size,
+        outside=outside,
+        **watershed_options,
+    )
+    return connected_pieces(clusters[crop])
+
+
+def filtered_clusters(
+    affs: np.ndarray,
+    neighborhood: Sequence[Sequence[int]],
+    bias: Sequence[float],
+    min_mean_affinity: float = 0.0,
+    min_size: int = 0,
+    min_extent: Sequence[int] | None = None,
+    seeding: Seeding | None = None,
+    voxel_size: Sequence[float] | None = None,
+    outside: tuple[Sequence[int], Sequence[int]] | None = None,
+    **watershed_options,
+) -> np.ndarray:
+    """The mutex-watershed clusters of the whole of ``affs`` that pass the
+    filters, as raw cluster ids (uint64; 0: no cluster, dropped or masked).
+    Arguments as in `extract_fragments`, which cuts these into pieces."""
+    if "seeds" in watershed_options:
+        raise TypeError("seeds are placed from seeding=..., not passed")
     if largest_affinity(affs) < EMPTY_AFFINITY:
-        crop_shape = np.empty(np.shape(affs)[1:], dtype=np.bool_)[crop].shape
-        return np.zeros(crop_shape, dtype=np.int64)
+        return np.zeros(np.shape(affs)[1:], dtype=np.uint64)
     mask = watershed_options.get("mask")
     if seeding is not None and seeding.places_seeds:
         spacing = voxel_size if voxel_size is not None else (1,) * (np.ndim(affs) - 1)
@@ -238,12 +267,11 @@ def extract_fragments(
             if keep is None:
                 keep = np.ones(int(clusters.max()) + 1, dtype=bool)
             keep[thin.astype(np.intp)] = False
-    inside = clusters[crop]
     if keep is not None:
-        inside = np.where(keep[inside], inside, np.uint64(0))
+        clusters = np.where(keep[clusters], clusters, np.uint64(0))
     if mask is not None:
-        inside = np.where(np.asarray(mask, dtype=bool)[crop], inside, np.uint64(0))
-    return connected_pieces(inside)
+        clusters = np.where(np.asarray(mask, dtype=bool), clusters, np.uint64(0))
+    return clusters
 
 
 def _seeded_options(
