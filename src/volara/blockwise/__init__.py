@@ -19,7 +19,10 @@ from .grid import GridTask
 from .lambda_task import LambdaTask
 from .pipeline import Pipeline, TaskResult
 from .registry import (
+    BLOCKWISE_TASKS,
     available_task_types,
+    discover_tasks,
+    get_blockwise_tasks_type,
     get_task,
     load_pipeline,
     load_task,
@@ -63,7 +66,10 @@ __all__ = [
     "TaskResult",
     "SeededExtractFrags",
     "Threshold",
+    "BLOCKWISE_TASKS",
     "available_task_types",
+    "discover_tasks",
+    "get_blockwise_tasks_type",
     "get_task",
     "load_pipeline",
     "load_task",

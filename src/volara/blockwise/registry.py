@@ -5,6 +5,11 @@ Built-in tasks and plugin tasks are found the same way: through the
 ``volara.blockwise_tasks`` entry points, read on first use. A config names its
 task by ``task_type``; that is all a cluster worker needs to rebuild it.
 
+volara 1.0.5's names for the registry stay: `BLOCKWISE_TASKS` (the list
+of registered classes), `discover_tasks` and `get_blockwise_tasks_type`. One
+class may be listed under several entry-point names (``relabel`` and volara
+1.0.5's ``lut`` both name `Relabel`); it is registered once.
+
 Config files are plain data: they are parsed with ``json`` or
 ``yaml.safe_load`` and validated by the task models. Nothing in them is
 evaluated or unpickled, with one exception: a `LambdaTask` whose
@@ -15,13 +20,16 @@ the function as ``"package.module:function"`` instead.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import operator
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
+from pydantic import Field, TypeAdapter
 
 if TYPE_CHECKING:
     from .blockwise import BlockwiseTask
@@ -34,10 +42,16 @@ ENTRY_POINT_GROUP = "volara.blockwise_tasks"
 _registry: dict[str, type[BlockwiseTask]] = {}
 _entry_points_loaded = False
 
+BLOCKWISE_TASKS: list[type[BlockwiseTask]] = []
+"""Every registered task class, once each, in the order registered (as in
+volara 1.0.5). A class appended here directly is registered on the next
+look-up."""
+
 
 def register_task(task_class: type[BlockwiseTask]) -> None:
     """Make ``task_class`` findable by its ``task_type``. Plugins normally
-    register through entry points instead."""
+    register through entry points instead. Registering a class again is a
+    no-op; a second class claiming a registered ``task_type`` is refused."""
     task_type = _task_type_of(task_class)
     known = _registry.get(task_type)
     if known is not None and known is not task_class:
@@ -46,6 +60,16 @@ def register_task(task_class: type[BlockwiseTask]) -> None:
             f"{_qualname(task_class)}"
         )
     _registry[task_type] = task_class
+    if task_class not in BLOCKWISE_TASKS:
+        BLOCKWISE_TASKS.append(task_class)
+
+
+def _register_listed() -> None:
+    """Register classes appended to `BLOCKWISE_TASKS` by hand, as volara
+    1.0.5 allowed."""
+    for task_class in list(BLOCKWISE_TASKS):
+        if _registry.get(_task_type_of(task_class)) is not task_class:
+            register_task(task_class)
 
 
 def _task_type_of(task_class: type[BlockwiseTask]) -> str:
@@ -64,9 +88,17 @@ def _qualname(cls: type) -> str:
 
 def _load_entry_points() -> None:
     global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
+    if not _entry_points_loaded:
+        _entry_points_loaded = True
+        discover_tasks()
+    _register_listed()
+
+
+def discover_tasks() -> None:
+    """Register the built-in tasks and every class named by a
+    ``volara.blockwise_tasks`` entry point, reading the installed entry
+    points again (so plugins installed since the last call are found). A
+    plugin that cannot be imported is skipped with a warning."""
     from . import BUILTIN_TASKS
 
     for task_class in BUILTIN_TASKS:
@@ -83,6 +115,17 @@ def _load_entry_points() -> None:
             )
             continue
         register_task(task_class)
+
+
+def get_blockwise_tasks_type() -> TypeAdapter:
+    """A pydantic `TypeAdapter` that validates any registered task from its
+    config, choosing the class by ``task_type`` (volara 1.0.5's way to load
+    tasks; `load_task` does the same)."""
+    _load_entry_points()
+    classes = tuple(dict.fromkeys(_registry.values()))
+    # a union of classes known only at run time: beyond what type checkers see
+    union: Any = functools.reduce(operator.or_, classes)
+    return TypeAdapter(Annotated[union, Field(discriminator="task_type")])
 
 
 def available_task_types() -> list[str]:
