@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
+import networkx as nx
 import numpy as np
 from funlib.geometry import Coordinate, Roi
 from pydantic import field_validator
@@ -113,6 +114,31 @@ class AffAgglom(GridTask):
                         f"({neighborhood}); use offsets the affinities have"
                     )
         self.check_same_grid("affs_data", self.affs_data)
+
+    def agglomerate(self, affs: np.ndarray, frags: np.ndarray, rag: nx.Graph) -> None:
+        """Add to ``rag`` an edge between every two fragments of ``frags``
+        that touch, with the mean affinity over their contacts per score
+        (volara 1.0.5's method; the blocks compute the same).
+
+        ``affs`` holds one channel per offset of the affinities'
+        neighborhood, ``frags`` the fragment ids (0 is background) of the
+        same region. An edge gets a score only if the pair touches along
+        one of the score's offsets; a pair touching along none of any
+        score's offsets gets no edge. Attributes of edges already in
+        ``rag`` are updated. Affinities are averaged as given (uint8 ones
+        are not scaled here).
+        """
+        neighborhood = [tuple(offset) for offset in self.affs_data.neighborhood or []]
+        scores = {
+            name: [tuple(o) for o in offsets] for name, offsets in self.scores.items()
+        }
+        u, v, means = mean_affinities(frags, affs, neighborhood, scores)
+        for name, values in means.items():
+            has_contacts = ~np.isnan(values)
+            for a, b, value in zip(
+                u[has_contacts], v[has_contacts], values[has_contacts], strict=True
+            ):
+                rag.add_edge(int(a), int(b), **{name: float(value)})
 
     def init(self) -> None:
         self.db.init()

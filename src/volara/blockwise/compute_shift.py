@@ -89,6 +89,36 @@ class ComputeShift(GridTask):
         array = self.grid_array
         return tuple(int(size) for size in array.shape[: array.channel_dims])
 
+    @staticmethod
+    def compute_shift(
+        array: np.ndarray,
+        target_data: np.ndarray,
+        voxel_size: np.ndarray,
+        mask: np.ndarray | None = None,
+        overlap_ratio: float | None = None,
+    ) -> np.ndarray:
+        """The shift of every channel of ``array`` (``(c, *spatial)``) onto
+        ``target_data`` (``spatial``, or ``(1, *spatial)``), in world units
+        (``voxel_size``: one value per spatial axis), shaped ``(c, dims, 1,
+        ..., 1)``: one block's entry of `shifts` (volara 1.0.5's method; the
+        blocks compute the same). ``mask`` and ``overlap_ratio`` as the
+        fields of the same names; an empty mask gives zeros."""
+        array = np.asarray(array)
+        target_data = np.asarray(target_data)
+        spatial = array.shape[1:]
+        if target_data.shape == (1, *spatial):
+            target_data = target_data[0]
+        if target_data.shape != spatial:
+            raise ValueError(
+                f"ComputeShift.compute_shift: target_data has shape "
+                f"{target_data.shape}; expected {spatial} or {(1, *spatial)}, the "
+                f"shape of one channel of array {array.shape}"
+            )
+        shifts = measure_channel_shifts(
+            array, target_data, list(np.asarray(voxel_size)), mask, overlap_ratio
+        )
+        return shifts.reshape(*shifts.shape, *(1,) * len(spatial))
+
     # ------------------------------------------------------------- checks
 
     def check_config(self) -> None:

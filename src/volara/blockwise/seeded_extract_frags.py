@@ -1,9 +1,11 @@
 """SeededExtractFrags: grow skeletons into segments along the affinities.
 
-Every skeleton (connected component of the graph in ``graph_db``) gets one
-label, the same in every block. Its nodes and the lines between them are
-painted into each block as mutex-watershed seeds; the watershed grows them
-along the affinities, and everything not connected to a seed is dropped.
+Every skeleton gets one label, the same in every block: the ``skeleton_id``
+its nodes carry (as in volara 1.0.5), or, without ids, one per connected
+component of the graph in ``graph_db``. Its nodes and the lines between them
+are painted into each block as mutex-watershed seeds; the watershed grows
+them along the affinities, and everything not connected to a seed is
+dropped.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pydantic import model_validator
 from ..datasets import Affs, Dataset, Labels, read_region, write_region
 from ..dbs import AnyDB
 from ..kernels.mutex_watershed import mutex_watershed
-from ..kernels.skeletons import component_labels, rasterize_skeletons
+from ..kernels.skeletons import rasterize_skeletons, skeleton_labels
 from ..utils import PydanticCoordinate
 from .extract_frags import (
     check_affinity_channels,
@@ -39,8 +41,18 @@ class SeededExtractFrags(GridTask):
     Voxels on a skeleton (its nodes and the straight lines along its edges)
     get that skeleton's label; the mutex watershed fills in the rest of each
     object from the affinities. Voxels not reached from any skeleton are 0.
-    Labels are ``1..k``, one per connected component of the skeleton graph,
-    numbered by each component's smallest node id.
+
+    Labels are the nodes' ``skeleton_id`` attribute (an integer >= 1; give
+    the database ``node_attrs={"skeleton_id": "int"}``), as in volara 1.0.5:
+    seeds with ids 100 and 200 give segments 100 and 200. Connected
+    components sharing an id become one segment. A component whose nodes
+    carry several ids keeps each node's id, and its edges between nodes of
+    different ids are not painted: the affinities decide where those
+    segments meet. A node without an id (missing, ``None`` or 0) takes its
+    component's id if the component carries exactly one; other components
+    without ids are numbered above the largest id, by their smallest node
+    id, so a graph without any ids is labelled ``1..k``, one label per
+    connected component.
     """
 
     task_type: Literal["seeded-extract-frags"] = "seeded-extract-frags"
@@ -50,8 +62,9 @@ class SeededExtractFrags(GridTask):
     segs_data: Labels
     """The output segments, uint64, on the grid of ``affs_data``."""
     graph_db: AnyDB
-    """The skeletons: nodes with a ``position`` (world units) and edges
-    between nodes of the same skeleton."""
+    """The skeletons: nodes with a ``position`` (world units), optionally a
+    ``skeleton_id`` (the label), and edges between nodes of the same
+    skeleton."""
     mask_data: Labels | None = None
     """Optional mask on the grid of ``affs_data``: voxels where it is 0 stay
     0, and affinities touching them are ignored."""
@@ -157,6 +170,28 @@ def _placed(data: dict) -> bool:
     return position is not None and all(p is not None for p in position)
 
 
+def _skeleton_ids(graph, nodes: list) -> dict:
+    """The ``skeleton_id`` of every node that has one (0 and ``None``: no
+    id); a value that is not a whole number from 0 to 2**64 - 1 is refused."""
+    ids = {}
+    for node in nodes:
+        value = graph.nodes[node].get("skeleton_id")
+        if value is None:
+            continue
+        whole = isinstance(value, int | np.integer) and not isinstance(value, bool)
+        if not whole and isinstance(value, float | np.floating):
+            whole = float(value).is_integer()
+        if not whole or not 0 <= int(value) < 2**64:
+            raise ValueError(
+                f"SeededExtractFrags.graph_db: node {node} has skeleton_id "
+                f"{value!r}; skeleton ids are whole numbers from 1 to 2**64 - 1 "
+                "(0 or missing: no id)"
+            )
+        if int(value) != 0:
+            ids[node] = int(value)
+    return ids
+
+
 class _Skeletons:
     """The whole skeleton graph as arrays, loaded on the first block (the
     labels need every component, not only the part near a block)."""
@@ -178,15 +213,20 @@ class _Skeletons:
                     db.close()  # type: ignore[attr-defined]
                 nodes = [n for n, data in graph.nodes(data=True) if _placed(data)]
                 index = {node: i for i, node in enumerate(nodes)}
-                labels = component_labels(nodes, graph.edges)
+                ids = _skeleton_ids(graph, nodes)
+                labels = skeleton_labels(nodes, graph.edges, ids)
                 self.labels = np.array([labels[n] for n in nodes], dtype=np.uint64)
+                placed = [(u, v) for u, v in graph.edges if u in index and v in index]
+                painted = [(u, v) for u, v in placed if labels[u] == labels[v]]
+                if len(painted) < len(placed):
+                    logger.warning(
+                        "%d skeleton edges join nodes of different skeleton_id "
+                        "(e.g. %s); they are not painted as seeds",
+                        len(placed) - len(painted),
+                        next((u, v) for u, v in placed if labels[u] != labels[v]),
+                    )
                 self.edges = np.array(
-                    [
-                        (index[u], index[v])
-                        for u, v in graph.edges
-                        if u in index and v in index
-                    ],
-                    dtype=np.int64,
+                    [(index[u], index[v]) for u, v in painted], dtype=np.int64
                 ).reshape(-1, 2)
                 self.points = np.array(
                     [graph.nodes[n]["position"] for n in nodes], dtype=np.float64

@@ -3,7 +3,7 @@ painted into a voxel grid as seeds."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
 import networkx as nx
 import numpy as np
@@ -22,6 +22,45 @@ def component_labels(
     return {
         node: label for label, members in enumerate(components, 1) for node in members
     }
+
+
+def skeleton_labels(
+    nodes: Iterable[Hashable],
+    edges: Iterable[tuple[Hashable, Hashable]],
+    ids: Mapping[Hashable, int],
+) -> dict[Hashable, int]:
+    """Label every node by the skeleton id it carries, as volara 1.0.5 did.
+
+    ``ids`` holds the ids (integers > 0) of the nodes that have one. Then:
+
+    - a node with an id is labelled with it. Components sharing an id get
+      the same label (one object whose skeleton is in pieces); a component
+      whose nodes carry several ids keeps them all;
+    - a node without an id takes the id of its connected component when
+      that component's nodes carry exactly one id;
+    - the other nodes (in components without ids, or with several) get a new
+      label per component, ``m + 1, m + 2, ...`` above the largest id ``m``
+      (0 if none), numbered by each component's smallest node id.
+
+    Without any ids this is `component_labels`: ``1..k`` per component.
+    """
+    graph = nx.Graph()
+    graph.add_nodes_from(nodes)
+    graph.add_edges_from(edges)
+    labels = {node: int(ids[node]) for node in graph if node in ids}
+    next_label = max(labels.values(), default=0)
+    for members in sorted(nx.connected_components(graph), key=min):
+        unlabelled = [node for node in members if node not in labels]
+        if not unlabelled:
+            continue
+        found = {labels[node] for node in members if node in labels}
+        if len(found) == 1:
+            (label,) = found
+        else:
+            next_label += 1
+            label = next_label
+        labels.update(dict.fromkeys(unlabelled, label))
+    return labels
 
 
 def rasterize_skeletons(
