@@ -7,6 +7,7 @@ the registry names `BLOCKWISE_TASKS`, `discover_tasks`,
 from __future__ import annotations
 
 import importlib
+import subprocess
 import sys
 from importlib.metadata import entry_points
 from typing import Literal
@@ -182,6 +183,14 @@ def test_volara1_task_modules_re_export_the_tasks():
     assert compute_shift is ComputeShift
     assert apply_shift is ApplyShift
     assert clahe is CLAHE
+    # as attributes of the package, without importing them first
+    check = (
+        "import volara.blockwise as b; "
+        "assert b.register.ComputeShift is b.ComputeShift; "
+        "assert b.register.ApplyShift is b.ApplyShift; "
+        "assert b.intensity_correction.CLAHE is b.CLAHE"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True)
 
 
 # ------------------------------------------------------------------- registry

@@ -6,6 +6,9 @@ including tasks that plugin packages register under the
 ``volara.blockwise_tasks`` entry points.
 """
 
+# volara 1.0.5's module names, reachable as attributes as they were there
+from . import intensity_correction as intensity_correction
+from . import register as register
 from .aff_agglom import AffAgglom
 from .apply_shift import ApplyShift
 from .argmax import Argmax
