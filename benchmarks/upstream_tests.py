@@ -259,24 +259,23 @@ def bulk(tmp_path):
 
 
 def download_sdist(version: str, into: Path) -> Path:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--quiet",
-            f"volara=={version}",
-            "-d",
-            str(into),
-        ],
-        check=True,
-    )
-    (sdist,) = into.glob(f"volara-{version}.tar.gz")
-    return sdist
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        f"volara=={version}",
+        "-d",
+        str(into),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True)
+    sdists = list(into.glob(f"volara-{version}.tar.gz"))
+    if done.returncode != 0 or not sdists:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+    return sdists[0]
 
 
 def extract_tests(sdist: Path, into: Path) -> Path:
