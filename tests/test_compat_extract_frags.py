@@ -6,6 +6,7 @@ from __future__ import annotations
 import mwatershed
 import numpy as np
 import pytest
+from scipy.ndimage import distance_transform_edt
 
 from volara.blockwise import ExtractFrags
 from volara.datasets import Labels
@@ -84,3 +85,38 @@ def test_fragment_centers_are_centers_of_mass_in_world_units(task_and_affs):
     assert centers[5]["size"] == 2 and centers[7]["size"] == 1
     assert centers[5]["center"] == (120.0, 12.0, 24.0)
     assert centers[7]["center"] == (160.0, 24.0, 34.0)
+
+
+def test_seeding_methods_place_seeds_and_territories(task_and_affs):
+    make, _ = task_and_affs
+    # two square rooms side by side, 20 x 20 voxels each, in one section
+    interior = np.zeros((1, 24, 48), dtype=bool)
+    interior[0, 2:22, 2:22] = interior[0, 2:22, 26:46] = True
+    task = make(min_seed_distance=5, voronoi="geodesic", remove_debris=5)
+    distances = distance_transform_edt(interior)
+    seeds = task.get_seeds(distances, 5)
+    seeds[~interior] = 0
+    assert len(np.unique(seeds[0, :, :24])) > 1 and len(np.unique(seeds[0, :, 24:])) > 1
+    cells = task.seed_cells(seeds, distances, interior)
+    # every masked voxel belongs to a seed of its own room
+    left, right = np.unique(seeds[0, :, :24]), np.unique(seeds[0, :, 24:])
+    assert set(np.unique(cells[0, :, :24][interior[0, :, :24]])) <= set(left)
+    assert set(np.unique(cells[0, :, 24:][interior[0, :, 24:]])) <= set(right)
+    assert np.all(cells[~interior] == 0)
+    adaptive = make(adaptive_seed_spacing=2.0).get_adaptive_seeds(
+        distance_transform_edt(interior, sampling=(4, 4, 4)), (4, 4, 4)
+    )
+    assert (adaptive[interior] > 0).sum() >= 2 and np.all(adaptive[~interior] == 0)
+
+
+def test_absorb_small_cells_and_filter_min_extent(task_and_affs):
+    make, _ = task_and_affs
+    task = make(remove_debris=5, min_extent=(2, 1, 1))
+    cells = np.zeros((1, 4, 12), dtype=np.uint64)
+    cells[0, :, :5], cells[0, :, 5:6], cells[0, :, 6:] = 1, 2, 3
+    assert np.all(task.absorb_small_cells(cells)[0, :, 5] == 3)
+    fragments = np.zeros((3, 4, 4), dtype=np.uint64)
+    fragments[0] = 1  # one section thick
+    fragments[1:, :2] = 2  # two sections
+    kept = task.filter_min_extent(fragments)
+    assert np.all(kept[0] == 0) and np.all(kept[1:, :2] == 2)

@@ -24,6 +24,7 @@ from ..datasets import Affs, Dataset, Labels, Raw, read_region, write_region
 from ..dbs import AnyDB, SQLite, ThreadConnections
 from ..graph_writes import replace_nodes_in_roi
 from ..kernels import mutex_watershed as mws
+from ..kernels import seeding as seed_kernels
 from ..kernels.seeding import Seeding
 from ..utils import PydanticCoordinate
 from .grid import GridTask
@@ -388,6 +389,60 @@ class ExtractFrags(GridTask):
                 stats.ids, centers, stats.sizes, strict=True
             )
         }
+
+    def boundary_mask(self, affs_data: np.ndarray) -> np.ndarray:
+        """The object interiors seeds may go in (see
+        ``boundary_mask_offsets``), for affinities in [0, 1]."""
+        return seed_kernels.boundary_mask(affs_data, self.boundary_mask_channels)
+
+    def get_seeds(
+        self, boundary_distances: np.ndarray, min_seed_distance: int = 10
+    ) -> np.ndarray:
+        """Seeds at the peaks of ``boundary_distances``, one per plateau of
+        maxima within ``min_seed_distance`` voxels."""
+        return seed_kernels.spaced_seeds(boundary_distances, min_seed_distance)
+
+    def get_adaptive_seeds(
+        self, boundary_distances: np.ndarray, voxel_size: Coordinate
+    ) -> np.ndarray:
+        """Seeds spaced by ``adaptive_seed_spacing`` times the local radius
+        (``boundary_distances`` in world units), capped by the context."""
+        return seed_kernels.adaptive_seeds(
+            boundary_distances,
+            voxel_size,
+            self.adaptive_seed_spacing or 2.0,
+            float(min(self.context * Coordinate(voxel_size))),
+        )
+
+    def seed_cells(
+        self,
+        seeds: np.ndarray,
+        boundary_distances: np.ndarray,
+        boundary_mask: np.ndarray,
+        voxel_size: Coordinate | None = None,
+    ) -> np.ndarray:
+        """The territory of each seed (``voronoi``'s method; geodesic unless
+        it is ``"euclidean"``)."""
+        method: Literal["geodesic", "euclidean"] = (
+            "euclidean" if self.voronoi == "euclidean" else "geodesic"
+        )
+        spacing = voxel_size or (1,) * seeds.ndim
+        return seed_kernels.seed_territories(
+            seeds, boundary_distances, boundary_mask, spacing, method
+        )
+
+    def absorb_small_cells(self, cells: np.ndarray) -> np.ndarray:
+        """Territories below ``remove_debris`` voxels merged into their
+        largest neighbor."""
+        return seed_kernels.absorb_small_territories(cells, self.remove_debris)
+
+    def filter_min_extent(self, fragments_data: np.ndarray) -> np.ndarray:
+        """``fragments_data`` without the fragments narrower than
+        ``min_extent``."""
+        if self.min_extent is None:
+            return fragments_data
+        thin = seed_kernels.thin_clusters(fragments_data, self.min_extent)
+        return mws.remove_fragments(fragments_data, thin)
 
     def _clusters(self, affs_data, rng, voxel_size, out_of_volume, filters: bool):
         voxel_size = voxel_size or self.affs_data.array("r").voxel_size
