@@ -4,8 +4,8 @@ A dataset model is only a description (a path and optional metadata
 overrides); `Dataset.array` opens it as a `funlib.persistence.Array`, indexed
 by `Roi` in world units. The subclasses say what the array holds, which
 decides the attributes written next to it (`Affs` writes its neighborhood) and
-the lazy operations applied on reading (`Raw` selects channels, normalizes,
-stacks).
+the lazy operations applied on reading (every dataset selects `channels`;
+`Raw` also normalizes and stacks).
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ import numpy as np
 import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds, prepare_ds
-from pydantic import Field, field_validator
+from pydantic import Field, StrictInt, field_validator
 
 from .utils import OpenMode, PydanticCoordinate, StrictBaseModel
 
 logger = logging.getLogger(__name__)
+
+ChannelSelection = StrictInt | list[StrictInt | list[StrictInt]]
+"""What `Dataset.channels` accepts: an index, or a list of indices and index
+lists (see the field's documentation)."""
 
 
 class Dataset(StrictBaseModel, ABC):
@@ -51,6 +55,27 @@ class Dataset(StrictBaseModel, ABC):
     """Whether a task may create or write this array. Set it to False to
     protect an input: a task that would write it is refused before any block
     runs."""
+    channels: ChannelSelection | None = None
+    """Which part of the leading (channel) axes to read; ``None`` reads all.
+
+    - a list of integers, e.g. ``[2, 0]``: those channels of the first axis,
+      in this order; the axis stays. (volara 1.0.5 read a flat list as one
+      index per leading axis, dropping each: ``[0, 2]`` was channel 2 of
+      time point 0. volara 2 keeps the selecting meaning; ``[0, [2]]`` reads
+      that channel, leaving an axis of length 1.)
+    - an integer, e.g. ``0``: that channel; the axis is dropped
+      (``[C, Z, Y, X]`` becomes ``[Z, Y, X]``).
+    - a list holding at least one list, e.g. ``[0, [0, 2, 4]]``: steps
+      applied one after another as in volara 1.0.5, each to the first axis
+      the previous steps left; an integer picks one entry and drops the axis,
+      a list picks entries along it (``[T, C, Z, Y, X]`` becomes
+      ``[3, Z, Y, X]``: time point 0, then channels 0, 2 and 4).
+      ``[[0, 2]]`` selects channels 0 and 2 and keeps the axis.
+
+    A selection that only picks channels (a list of integers, or ``[[...]]``)
+    leaves the array writable. The 1.0.5 forms (an integer, or a list with a
+    list in it) apply after `Raw`'s normalization and `stack`, as in 1.0.5;
+    a list of integers applies before them."""
     zarr_kwargs: dict[str, Any] = Field(default_factory=dict)
     """Extra keyword arguments for zarr when the array is opened or created
     (e.g. ``{"compressors": ...}``); passed through funlib.persistence."""
@@ -67,6 +92,41 @@ class Dataset(StrictBaseModel, ABC):
                 "copy or mount the data on a file system"
             )
         return None
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(
+        cls, channels: int | list[int | list[int]] | None
+    ) -> int | list[int | list[int]] | None:
+        if isinstance(channels, list) and (
+            not channels or any(step == [] for step in channels)
+        ):
+            raise ValueError(
+                f"channels {channels!r} selects nothing: give channel indices, e.g. "
+                "[0, 2], or leave channels unset to read every channel"
+            )
+        return channels
+
+    @property
+    def selects_listed_channels(self) -> bool:
+        """Whether `channels` is a plain list of channel indices (volara 2's
+        meaning), applied before any other lazy operation."""
+        return isinstance(self.channels, list) and all(
+            isinstance(c, int) for c in self.channels
+        )
+
+    def _channel_steps(self) -> list[tuple[int | list[int]]]:
+        """`channels` as index expressions, applied one after another."""
+        channels = self.channels
+        if channels is None:
+            return []
+        if isinstance(channels, int):
+            return [(channels,)]
+        if self.selects_listed_channels:
+            return [(list(channels),)]  # type: ignore[arg-type]
+        # one native index per step: funlib keeps slices and integer lists
+        # writable, which callables would not be
+        return [(step if isinstance(step, int) else list(step),) for step in channels]
 
     @field_validator("store")
     @classmethod
@@ -122,7 +182,22 @@ class Dataset(StrictBaseModel, ABC):
         return array
 
     def _apply_lazy_ops(self, array: Array) -> None:
-        """Subclasses add lazy operations (channel selection, normalization)."""
+        """Select `channels`; subclasses add their own operations (`Raw`:
+        normalization, stacking)."""
+        for step in self._channel_steps():
+            self._select_channels(array, step)
+
+    def _select_channels(self, array: Array, step: tuple[int | list[int]]) -> None:
+        shape = array.shape
+        try:
+            array.lazy_op(step)
+        except IndexError as e:
+            raise ValueError(
+                f"{type(self).__name__}.channels: {self.channels!r} does not fit "
+                f"{self.store!s}: index {step[0]!r} is out of range for an axis "
+                f"of length {shape[0]} (the array reads as shape {tuple(shape)} "
+                "at that step). Give indices within range, or leave channels unset."
+            ) from e
 
     def prepare(
         self,
@@ -328,9 +403,6 @@ class Raw(Dataset):
     normalization is set."""
 
     dataset_type: Literal["raw"] = "raw"
-    channels: list[int] | None = None
-    """Channels to keep, by index along the first (channel) axis, in this order.
-    ``None`` keeps every channel."""
     ome_norm: Path | str | None = None
     """Path of an OME-Zarr group whose ``omero`` metadata gives, per channel, a
     ``window`` with ``min`` and ``max``; intensities are mapped to
@@ -340,8 +412,19 @@ class Raw(Dataset):
     (float32), e.g. ``(1/255, 0)`` for uint8 data."""
     stack: AnyDataset | None = None
     """Another dataset of the same spatial shape whose channels are appended
-    after this one's (after this dataset's own channel selection and
-    normalization)."""
+    after this one's (after this dataset's own normalization, and its
+    channel selection if that is a list of integers). A stacked dataset
+    without a ``dataset_type`` (what volara 1.0.5's ``model_dump`` writes) is
+    read as `Raw`."""
+
+    @field_validator("stack", mode="before")
+    @classmethod
+    def _untagged_stack_is_raw(cls, stack: Any) -> Any:
+        # volara 1.0.5 typed `stack` as the base class, so its dumps carry the
+        # base fields only; reading those as Raw reads what 1.0.5 read
+        if isinstance(stack, dict) and "dataset_type" not in stack:
+            return {**stack, "dataset_type": "raw"}
+        return stack
 
     @field_validator("ome_norm")
     @classmethod
@@ -372,17 +455,23 @@ class Raw(Dataset):
             ) from e
 
     def _apply_lazy_ops(self, array: Array) -> None:
-        if self.channels is not None:
-            array.lazy_op(np.s_[list(self.channels),])
+        steps = self._channel_steps()
+        listed = self.selects_listed_channels
+        if listed:
+            self._select_channels(array, steps[0])
         bounds = self.bounds
         if bounds is not None:
-            if self.channels is not None:
-                bounds = [bounds[c] for c in self.channels]
+            if listed:
+                bounds = [bounds[c] for c in steps[0][0]]  # type: ignore[union-attr]
             array.lazy_op(_OmeNormalize(bounds))
         if self.scale_shift is not None:
             array.lazy_op(_ScaleShift(*self.scale_shift))
         if self.stack is not None:
             array.lazy_op(_StackWith(self.stack))
+        if not listed:
+            # volara 1.0.5's forms index the normalized, stacked array
+            for step in steps:
+                self._select_channels(array, step)
 
 
 class _ScaleShift:
@@ -428,7 +517,10 @@ class Affs(Dataset):
     neighborhood: list[PydanticCoordinate] | None = None
     """The offsets of the affinity channels, in voxels, one per channel, e.g.
     ``[[1, 0, 0], [0, 1, 0], [0, 0, 1]]``. Read from the array's
-    ``neighborhood`` attribute when not given; given and stored must agree."""
+    ``neighborhood`` attribute when not given; given and stored must agree.
+    It describes the stored array: `channels` does not narrow it (as in
+    volara 1.0.5), so tasks that pair channels with offsets need a
+    selection that keeps every offset (e.g. dropping a leading time axis)."""
 
     @field_validator("neighborhood")
     @classmethod
@@ -470,7 +562,8 @@ class Affs(Dataset):
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return {"neighborhood": [list(c) for c in self.neighborhood or []]}
+        """``{"neighborhood": [Coordinate, ...]}``, written as lists of ints."""
+        return {"neighborhood": list(self.neighborhood or [])}
 
 
 class LSD(Dataset):
