@@ -39,6 +39,14 @@ _VEC_TYPE = re.compile(r"^Vec\(\s*(float|int|bool)\s*,\s*(\d+)\s*\)$")
 SQLITE_BUSY_TIMEOUT_MS = 120_000
 
 
+class DatabaseNotFoundError(FileNotFoundError, RuntimeError):
+    """There is no graph database where a config points.
+
+    A `FileNotFoundError`, and a `RuntimeError` as volara 1.0.5 raised, so
+    that 1.0.5's ``try: db.open("r") except RuntimeError: db.open("w")``
+    keeps working."""
+
+
 def parse_attr_type(name: str, spec: str | int) -> Any:
     """The funlib type of an attribute spec: ``"float"``, ``"int"``,
     ``"bool"``, ``"str"``, ``"Vec(float, 3)"`` or an integer ``n`` (a vector
@@ -134,7 +142,9 @@ class DB(StrictBaseModel, ABC):
 
     def open(self, mode: str = "r") -> GraphDataBase:
         """Open the graph database (``r``: read, ``r+``: read and write,
-        ``w``: create, deleting what was there)."""
+        ``w``: create, deleting what was there). ``r`` and ``r+`` on a
+        database that does not exist raise `DatabaseNotFoundError` (a
+        `RuntimeError`, as in volara 1.0.5) and create nothing."""
         if mode not in ("r", "r+", "w"):
             raise ValueError(f"mode must be 'r', 'r+' or 'w', got {mode!r}")
         if mode != "w":
@@ -164,7 +174,7 @@ class DB(StrictBaseModel, ABC):
 
     def _check_stored_attrs(self) -> None:
         if not self.exists():
-            raise FileNotFoundError(
+            raise DatabaseNotFoundError(
                 f"{type(self).__name__}: no graph database at {self.location}. "
                 "Run the task that creates it first (e.g. ExtractFrags), or call "
                 "db.init()."
@@ -193,6 +203,38 @@ class DB(StrictBaseModel, ABC):
     @abstractmethod
     def drop(self) -> None:
         """Delete all nodes, edges and metadata."""
+
+    def _spoof_target(self, spoof_dir: Path | None) -> DB:
+        """This config pointing at a spoof location: in ``spoof_dir``, or
+        beside the real database if ``None``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be spoofed (benchmarked): implement "
+            "_spoof_target to return a copy of the config at another location"
+        )
+
+    def spoof(self, spoof_dir: Path | str | None = None, nodes: bool = True) -> DB:
+        """A copy of this database at another place, for runs that must not
+        touch the real one (`BlockwiseTask.benchmark`).
+
+        The copy lives in ``spoof_dir`` (``spoof_<name>``), or beside the
+        real database (``spoofed_<name>``) if ``spoof_dir`` is None. Whatever
+        was there is deleted. With ``nodes`` (the default) the copy starts
+        with the real graph, nodes and edges, if the real database exists;
+        otherwise it starts without any database.
+        """
+        spoofed = self._spoof_target(None if spoof_dir is None else Path(spoof_dir))
+        if spoofed.location == self.location:
+            raise ValueError(f"cannot spoof {self.location} onto itself")
+        spoofed.drop()
+        if nodes and self.exists():
+            source = self.open("r")
+            target = spoofed._connect("w")
+            try:
+                target.write_graph(source.read_graph())
+            finally:
+                source.close()  # type: ignore[attr-defined]
+                target.close()  # type: ignore[attr-defined]
+        return spoofed
 
     def drop_edges(self) -> None:
         """Delete all edges, keeping nodes and metadata."""
@@ -316,6 +358,13 @@ class SQLite(DB):
             "file, or delete these files to start over."
         )
 
+    def _spoof_target(self, spoof_dir: Path | None) -> SQLite:
+        if spoof_dir is None:
+            path = self.path.parent / f"spoofed_{self.path.name}"
+        else:
+            path = spoof_dir / f"spoof_{self.path.name}"
+        return self.model_copy(update={"path": path})
+
     def drop(self) -> None:
         for path in (
             self.path,
@@ -431,6 +480,30 @@ class PostgreSQL(DB):
             return False
         finally:
             conn.close()
+
+    def _spoof_target(self, spoof_dir: Path | None) -> PostgreSQL:
+        # PostgreSQL cuts names at 63 bytes: a longer one could not be found
+        # again by `exists`
+        return self.model_copy(update={"name": f"spoof_{self.name}"[:63]})
+
+    def drop_database(self) -> None:
+        """Remove the whole database from the server (`drop` keeps an empty
+        database). Does nothing if there is none."""
+        import psycopg2
+
+        server = self._server_connection("postgres")
+        server.autocommit = True
+        try:
+            with server.cursor() as cur:
+                # the name is a checked identifier (see _check_name)
+                cur.execute(f"DROP DATABASE IF EXISTS {self.name}")
+        except psycopg2.Error as e:
+            raise ConnectionError(
+                f"PostgreSQL: cannot drop the database {self.location}: "
+                f"{str(e).strip()}. Close other connections to it, or drop it by hand."
+            ) from e
+        finally:
+            server.close()
 
     def drop(self) -> None:
         if not self.exists():
