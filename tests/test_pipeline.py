@@ -168,12 +168,12 @@ def test_pipeline_drop(tmp_path):
     pipeline = threshold + relabel
     pipeline.run_blockwise(multiprocessing=False)
     assert threshold.meta_dir.exists() and relabel.meta_dir.exists()
-    pipeline.drop()
+    pipeline.drop(drop_outputs=False)
     assert not threshold.meta_dir.exists() and not relabel.meta_dir.exists()
     assert threshold.mask.exists() and relabel.seg_data.exists()
     states = pipeline.run_blockwise(multiprocessing=False)
     assert all(s.skipped_count == 0 for s in states.values())
-    pipeline.drop(drop_outputs=True)
+    pipeline.drop()  # deletes the outputs too, as in volara 1.0.5
     assert not threshold.mask.exists() and not relabel.seg_data.exists()
 
 

@@ -17,19 +17,22 @@ The base turns that into a `daisy.Task`:
   ``volara-cli blockwise-worker`` from the task's saved config, started
   through the cluster's submission command;
 - with ``multiprocessing=False`` blocks run one after another in this process
-  (use it for debugging).
+  (use it for debugging);
+- `benchmark` runs the task on spoofed outputs and records how long each
+  stage took (see `volara.blockwise.benchmark`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import threading
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +45,10 @@ from pydantic import Field, field_validator
 from .. import prefork
 from ..datasets import Dataset
 from ..dbs import DB
-from ..logging import get_log_basedir
-from ..utils import PydanticRoi, StrictBaseModel
+from ..logging import ensure_daisy_log_basedir, get_log_basedir
+from ..utils import OpenMode, PydanticRoi, StrictBaseModel
 from ..workers import AnyWorker, LocalWorker, Worker
+from .benchmark import BenchmarkLogger
 
 if TYPE_CHECKING:
     from .pipeline import Pipeline
@@ -93,6 +97,10 @@ class BlockwiseTask(StrictBaseModel, ABC):
 
     _out_array_dtype: np.dtype = np.dtype(np.uint8)
     _upstream_outputs: frozenset[str] = frozenset()
+    # set by `benchmark` on the spoofed copy it runs: where stage times go,
+    # and the real task's name they are reported under
+    _benchmark_db: Path | None = None
+    _benchmark_name: str | None = None
 
     @field_validator("fit")
     @classmethod
@@ -308,6 +316,35 @@ class BlockwiseTask(StrictBaseModel, ABC):
         return self.meta_dir / "layout.json"
 
     def init_block_array(self) -> None:
+        """Create the block tracking zarr (`block_ds`, empty: no block done)
+        if there is none, or make sure the existing one was made for this
+        task's block layout.
+
+        For driver loops of your own (`check_block_func`,
+        `mark_block_done_func`); `run_blockwise` does not need it. The zarr
+        is daisy 2's own tracking, so blocks marked here are skipped by a
+        later `run_blockwise`, and the other way round.
+        """
+        self._check_block_layout()
+        if not self.block_ds.exists():
+            self._create_block_tracking()
+
+    def _create_block_tracking(self) -> None:
+        # daisy writes its tracking zarr when a run starts: a serial run in
+        # which a skip mask skips every block creates it with nothing done,
+        # in exactly the layout (and fingerprint) a real run expects
+        from .pipeline import _daisy_context_restored
+
+        grid = self._tracking_task().block_grid_shape
+        skip_all = np.ones(grid, dtype=np.uint8)
+        task = self._daisy_task(_do_nothing, None, skip_mask=skip_all)
+        ensure_daisy_log_basedir()
+        with _daisy_context_restored():
+            daisy.run_blockwise(
+                task, multiprocessing=False, progress=False, summary=False
+            )
+
+    def _check_block_layout(self) -> None:
         """Create the meta directory and make sure existing block tracking was
         made for this task's block layout."""
         self.meta_dir.mkdir(parents=True, exist_ok=True)
@@ -325,7 +362,8 @@ class BlockwiseTask(StrictBaseModel, ABC):
                     "block layout:\n  "
                     + "\n  ".join(changes)
                     + "\nEither restore the old parameters to resume, or start over "
-                    f"with task.drop() (removes {self.meta_dir})."
+                    f"with task.drop(drop_outputs=False) (removes {self.meta_dir}, "
+                    "keeps the outputs)."
                 )
         if self.block_ds.exists():
             self._check_tracking_fits_layout()
@@ -342,7 +380,8 @@ class BlockwiseTask(StrictBaseModel, ABC):
                 f"task {self.task_name!r}: the block tracking at {self.block_ds} "
                 f"does not fit this task's block layout ({e}). Restore the "
                 "parameters it was made with to resume, or start over with "
-                f"task.drop() (removes {self.meta_dir})."
+                f"task.drop(drop_outputs=False) (removes {self.meta_dir}, keeps "
+                "the outputs)."
             ) from e
 
     def failed_blocks(self) -> list[Roi]:
@@ -364,40 +403,63 @@ class BlockwiseTask(StrictBaseModel, ABC):
         return self.config_file
 
     def check_block_func(self) -> Callable[[daisy.Block], bool]:
-        """A function telling whether a block is recorded as finished."""
-        block_ds, write_roi, write_size = self.block_ds, self.write_roi, self.write_size
+        """A function telling whether a block is recorded as finished (by a
+        run, or by `mark_block_done_func`)."""
+        markers = _DoneMarkers(self.block_ds, self.write_roi, self.write_size)
 
         def check_block(block: daisy.Block) -> bool:
-            if not block_ds.exists():
-                return False
-            done = zarr.open_array(str(block_ds / "done"), mode="r")
-            index = (block.write_roi.offset - write_roi.offset) / write_size
-            return bool(done[tuple(index)])
+            return markers.exists() and markers.is_done(block)
 
         return check_block
 
     def mark_block_done_func(self) -> Callable[[daisy.Block], None]:
-        """A function marking a processed block as successful. daisy records
-        successful blocks in `block_ds` itself when they are released."""
+        """A function marking a processed block as successful, unless its
+        status says it failed.
+
+        Inside a daisy run daisy records the block in `block_ds` itself when
+        it is released. Outside one (a driver loop of your own) the function
+        records it, creating the tracking first (`init_block_array`) if
+        needed, so `run_blockwise` later skips it.
+        """
+        markers = _DoneMarkers(self.block_ds, self.write_roi, self.write_size)
 
         def mark_block_done(block: daisy.Block) -> None:
-            if block.status != daisy.BlockStatus.FAILED:
-                block.status = daisy.BlockStatus.SUCCESS
+            if block.status == daisy.BlockStatus.FAILED:
+                return
+            block.status = daisy.BlockStatus.SUCCESS
+            if "DAISY_CONTEXT" in os.environ:  # a daisy worker: daisy records
+                return
+            if not markers.exists():
+                self.init_block_array()
+            markers.mark_done(block)
 
         return mark_block_done
+
+    def get_benchmark_logger(self) -> BenchmarkLogger:
+        """A `BenchmarkLogger` for this task: ``with
+        logger.trace("stage"):`` records how long the stage took while
+        `benchmark` runs the task, and does nothing in other runs."""
+        return BenchmarkLogger(
+            self._benchmark_db, task=self._benchmark_name or self.task_name
+        )
 
     # ---------------------------------------------------------- execution
 
     def process_blocks(self) -> None:
         """Worker body: set up once, then process blocks until none are left."""
-        with self.process_block_func() as process_block:
+        benchmark = self.get_benchmark_logger()
+        with ExitStack() as stack:
+            with benchmark.trace("Process Block Setup"):
+                process_block = stack.enter_context(self.process_block_func())
+            process_block = benchmark.traced(process_block, "Process Block")
+            acquire = benchmark.trace if benchmark.enabled else None
             threads = self.num_cache_workers or 1
             if threads == 1:
-                _client_loop(process_block)
+                _client_loop(process_block, acquire)
                 return
             pool = [
                 threading.Thread(
-                    target=_client_loop, args=(process_block,), daemon=True
+                    target=_client_loop, args=(process_block, acquire), daemon=True
                 )
                 for _ in range(threads)
             ]
@@ -430,7 +492,7 @@ class BlockwiseTask(StrictBaseModel, ABC):
         self._check_outputs_writable()
         self._check_geometry()
         self._check_databases()
-        self.init_block_array()
+        self._check_block_layout()
         self.init()
         self.write_config()
 
@@ -445,21 +507,27 @@ class BlockwiseTask(StrictBaseModel, ABC):
         In serial mode the block function's setup stays open until the
         context exits, so the task must be run inside the ``with`` block.
         """
-        self.prepare_run()
+        benchmark = self.get_benchmark_logger()
+        with benchmark.trace("init"):
+            self.prepare_run()
         with ExitStack() as stack:
             if multiprocessing:
                 process_function: Callable = self.worker_func()
             else:
-                process_function = stack.enter_context(self.process_block_func())
+                with benchmark.trace("Process Block Setup"):
+                    process_block = stack.enter_context(self.process_block_func())
+                process_function = benchmark.traced(process_block, "Process Block")
             yield self._daisy_task(process_function, upstream_tasks)
 
     def _daisy_task(
         self,
         process_function: Callable | None,
         upstream_tasks: daisy.Task | list[daisy.Task] | None,
+        **extra: Any,
     ) -> daisy.Task:
         low, high = self.context_low_high
         kwargs = dict(
+            **extra,
             task_id=self.task_name,
             total_roi=self.write_roi.grow(low, high),
             read_roi=self.block_read_roi,
@@ -515,25 +583,27 @@ class BlockwiseTask(StrictBaseModel, ABC):
         with self.process_block_func() as process_block:
             process_block(block)
 
-    def drop(self, drop_outputs: bool = False) -> None:
-        """Forget the task's progress (logs, config, block tracking) so the
-        next run starts over; with ``drop_outputs`` also delete its outputs."""
+    def drop(self, drop_outputs: bool = True) -> None:
+        """Start over: forget the task's progress (logs, saved config, block
+        tracking) and delete its outputs (`drop_artifacts`), as volara 1.0.5
+        does. ``drop_outputs=False`` only forgets the progress: the next run
+        processes every block again, writing over the existing outputs."""
         if self.meta_dir.exists():
             shutil.rmtree(self.meta_dir)
         if drop_outputs:
             self.drop_artifacts()
 
-    def benchmark(self, multiprocessing: bool = True) -> dict[str, Any]:
-        """Run the task from scratch and report what it cost: wall and CPU
-        seconds and peak memory per block, from daisy's resource tracking.
-
-        Outputs are written as in a normal run, into the same places; block
-        tracking is reset first, so every block runs.
-        """
+    def benchmark(
+        self, multiprocessing: bool = True, out_dir: Path | str | None = None
+    ) -> dict[str, dict[str, dict[str, float]]]:
+        """Run the task on spoofed copies of its outputs and report how long
+        each stage took; real outputs and real block tracking are never
+        touched. See `Pipeline.benchmark`."""
         from .pipeline import Pipeline
 
-        self.drop(drop_outputs=False)
-        return Pipeline(self).benchmark(multiprocessing=multiprocessing)
+        return Pipeline(self).benchmark(
+            multiprocessing=multiprocessing, out_dir=out_dir
+        )
 
     # ------------------------------------------------------------ chaining
 
@@ -550,7 +620,14 @@ class BlockwiseTask(StrictBaseModel, ABC):
         return Pipeline(self) | other
 
 
-def _client_loop(process_block: BlockFunction) -> None:
+def _do_nothing(block: daisy.Block) -> None:
+    pass
+
+
+def _client_loop(
+    process_block: BlockFunction,
+    acquire_trace: Callable[[str], AbstractContextManager] | None = None,
+) -> None:
     # A failed block is reported to daisy (with its traceback) by
     # acquire_block and retried; the worker keeps its setup and goes on with
     # the next block instead of dying. Errors of the connection itself end
@@ -559,7 +636,9 @@ def _client_loop(process_block: BlockFunction) -> None:
     while True:
         block_error: Exception | None = None
         try:
-            with client.acquire_block() as block:
+            with ExitStack() as stack:
+                with acquire_trace("Acquire Block") if acquire_trace else nullcontext():
+                    block = stack.enter_context(client.acquire_block())
                 if block is None:
                     return
                 try:
@@ -585,3 +664,69 @@ def count_blocks(task: BlockwiseTask) -> int:
         total_read_roi=task.write_roi.grow(low, high),
     )
     return graph.num_blocks
+
+
+class _DoneMarkers:
+    """daisy 2's record of finished blocks, ``<block_ds>/done`` (one uint8
+    per block of the grid), read and written outside a daisy run.
+
+    daisy keeps that array as one uncompressed chunk which it memory-maps, so
+    a block's marker is one byte of the chunk file: written with ``pwrite``
+    it cannot undo a marker that daisy or another process wrote at the same
+    time (rewriting the chunk through zarr could). An array in any other
+    layout is read and written through zarr.
+    """
+
+    def __init__(self, block_ds: Path, write_roi: Roi, write_size: Coordinate):
+        self.path = block_ds / "done"
+        self.origin, self.size = write_roi.offset, write_size
+
+    def exists(self) -> bool:
+        return (self.path / "zarr.json").exists()
+
+    def is_done(self, block: daisy.Block) -> bool:
+        array, offset = self._locate(block, "r")
+        chunk = self._chunk_file(array)
+        if chunk is None:
+            return bool(array[_grid_index(offset, array.shape)])
+        with open(chunk, "rb") as file:
+            return os.pread(file.fileno(), 1, offset) != b"\x00"
+
+    def mark_done(self, block: daisy.Block) -> None:
+        array, offset = self._locate(block, "r+")
+        chunk = self._chunk_file(array)
+        if chunk is None:
+            array[_grid_index(offset, array.shape)] = 1
+            return
+        with open(chunk, "r+b") as file:
+            os.pwrite(file.fileno(), b"\x01", offset)
+
+    def _locate(self, block: daisy.Block, mode: OpenMode) -> tuple[zarr.Array, int]:
+        array = zarr.open_array(str(self.path), mode=mode)
+        index = (block.write_roi.offset - self.origin) / self.size
+        if any(i < 0 or i >= n for i, n in zip(index, array.shape, strict=True)):
+            raise ValueError(
+                f"block with write region {block.write_roi} is outside the task's "
+                f"block grid (write region starts at {self.origin}, block size "
+                f"{self.size}, {tuple(array.shape)} blocks)"
+            )
+        return array, int(np.ravel_multi_index(tuple(index), array.shape))
+
+    def _chunk_file(self, array: zarr.Array) -> Path | None:
+        metadata = json.loads((self.path / "zarr.json").read_text())
+        single_raw_chunk = (
+            tuple(array.chunks) == tuple(array.shape)
+            and array.dtype == np.uint8
+            and [codec["name"] for codec in metadata.get("codecs", [])] == ["bytes"]
+            and metadata.get("chunk_key_encoding")
+            == {"name": "default", "configuration": {"separator": "/"}}
+        )
+        chunk = self.path.joinpath("c", *["0"] * array.ndim)
+        if single_raw_chunk and chunk.is_file():
+            if chunk.stat().st_size == array.nbytes:
+                return chunk
+        return None
+
+
+def _grid_index(offset: int, shape: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(offset, shape))

@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from itertools import product
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import daisy.v2 as daisy
@@ -155,32 +156,32 @@ class Pipeline:
                 for path in upstream.output_paths
             )
 
-    def benchmark(self, multiprocessing: bool = True) -> dict[str, Any]:
-        """Run the pipeline with daisy's per-block resource tracking and
-        return, per task, daisy's aggregated figures (wall and CPU seconds,
-        peak memory)."""
-        self._check_unique_names()
-        self._tell_tasks_their_upstream_outputs()
-        ensure_daisy_log_basedir()
-        self._start_worker_host(multiprocessing)
-        with ExitStack() as stack:
-            stack.enter_context(_daisy_context_restored())
-            daisy_tasks = {}
-            for task in self.tasks:
-                daisy_task = stack.enter_context(
-                    task.task(multiprocessing=multiprocessing)
-                )
-                daisy_tasks[task] = _with_resource_tracking(daisy_task)
-            pipeline = daisy.Pipeline(
-                list(daisy_tasks.values()),
-                [(daisy_tasks[u], daisy_tasks[v]) for u, v in self.task_graph.edges],
-            )
-            server = daisy.Server()
-            server.run_blockwise(pipeline)
-            return dict(server.last_tracking_summary or {})
+    def benchmark(
+        self, multiprocessing: bool = True, out_dir: Path | str | None = None
+    ) -> dict[str, dict[str, dict[str, float]]]:
+        """Run the pipeline on spoofed outputs, as volara 1.0.5 does, and
+        report how long each stage of each task took.
 
-    def drop(self, drop_outputs: bool = False) -> None:
-        """`BlockwiseTask.drop` every task of the pipeline."""
+        The tasks run as in `run_blockwise`, but every output is written to a
+        spoofed copy under ``volara_benchmark_logs/spoof/`` (deleted
+        afterwards), every graph database is a copy of the real one, and
+        existing inputs are read in place and never written. Block tracking
+        and logs go to ``volara_benchmark_logs/``: every block runs, and the
+        real run's progress is untouched. Stage times (``init``, ``Process
+        Block Setup``, ``Acquire Block``, ``Process Block`` and stages tasks
+        trace themselves) are written as ``time.csv``, ``memory.csv`` and
+        ``io.csv`` to ``out_dir`` (default ``./volara_benchmark_report``) and
+        returned as ``{task name: {stage: {"count", "wall_mean",
+        "wall_std", "cpu_mean", "max_mem", "read_mean", "write_mean"}}}``
+        (seconds, bytes). See `volara.blockwise.benchmark`.
+        """
+        from .benchmark import run_benchmark
+
+        return run_benchmark(self, multiprocessing=multiprocessing, out_dir=out_dir)
+
+    def drop(self, drop_outputs: bool = True) -> None:
+        """`BlockwiseTask.drop` every task of the pipeline: forget their
+        progress and, unless ``drop_outputs=False``, delete their outputs."""
         for task in self.task_graph:
             task.drop(drop_outputs=drop_outputs)
 
@@ -229,20 +230,3 @@ def _as_pipeline(value: Pipeline | BlockwiseTask) -> Pipeline:
     if isinstance(value, BlockwiseTask):
         return Pipeline(value)
     raise TypeError(f"cannot chain a {type(value).__name__} into a pipeline")
-
-
-def _with_resource_tracking(task: daisy.Task) -> daisy.Task:
-    return daisy.Task(
-        task_id=task.task_id,
-        total_roi=task.total_roi,
-        read_roi=task.read_roi,
-        write_roi=task.write_roi,
-        process_function=task.process_function,
-        read_write_conflict=task.read_write_conflict,
-        fit=task.fit,
-        max_workers=task.max_workers,
-        max_retries=task.max_retries,
-        timeout=task.timeout_secs,
-        tracking_path=task.done_marker_path,
-        resource_tracking=True,
-    )
