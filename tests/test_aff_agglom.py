@@ -192,7 +192,7 @@ def test_rerun_and_retried_block_add_nothing(tmp_path):
     # a block processed again (as after a worker died before reporting it)
     task.process_roi(Roi((8, 4, 4), (8, 4, 4)), context=Coordinate(10, 5, 5))
     # and the whole task again after forgetting its progress
-    task.drop()
+    task.drop(drop_outputs=False)
     states = task.run_blockwise(multiprocessing=False)
     assert states[task.task_name].completed_count == 27
     assert stored_edges(db) == before
@@ -250,7 +250,7 @@ def test_postgres_matches_sqlite(tmp_path, postgres):
         edges, reference_means(fragments, affs), positions, rel=1e-5
     )
     assert sorted(edges) == sorted(stored_edges(lite))
-    task.drop()
+    task.drop(drop_outputs=False)
     task.run_blockwise(multiprocessing=False)
     assert len(stored_edges(pg)) == len(edges)
 

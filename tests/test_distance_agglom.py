@@ -257,7 +257,7 @@ def test_rerun_adds_nothing_and_drop_artifacts(tmp_path):
     task = make_task(tmp_path, db)
     task.run_blockwise(multiprocessing=False)
     before = stored_edges(db)
-    task.drop()
+    task.drop(drop_outputs=False)
     task.run_blockwise(multiprocessing=False)
     assert stored_edges(db) == before
     task.drop_artifacts()

@@ -148,7 +148,8 @@ def test_retried_blocks_replace_their_nodes_without_duplicates(tmp_path):
     db.write_nodes({10**9: stale})
     db.close()
 
-    task.drop()  # forget which blocks are done: every block runs again
+    # forget which blocks are done: every block runs again
+    task.drop(drop_outputs=False)
     state = task.run_blockwise(multiprocessing=False)[task.task_name]
     assert state.completed_count == 8
     np.testing.assert_array_equal(task.frags_data.array()[:], fragments)
@@ -497,7 +498,7 @@ def test_postgresql_nodes_with_two_workers_and_retried_blocks(tmp_path, postgres
         {10**9: {"position": (100.0, 30.0, 20.0), "size": 1, "filtered": False}}
     )
     db.close()
-    task.drop()
+    task.drop(drop_outputs=False)
     state = task.run_blockwise(multiprocessing=False)[task.task_name]
     assert state.completed_count == 8 and state.failed_count == 0
     np.testing.assert_array_equal(task.frags_data.array()[:], fragments)
