@@ -262,7 +262,7 @@ def test_min_extent_removes_fragments_one_section_thick(tmp_path):
     [
         (
             {"min_seed_distance": 5, "adaptive_seed_spacing": 2.0},
-            "set one of them",
+            "set one or the other",
         ),
         ({"boundary_mask_offsets": [0, 9]}, "boundary_mask_offsets"),
         ({"boundary_mask_offsets": []}, "boundary_mask_offsets"),

@@ -522,7 +522,7 @@ def check_seeding_fields(name: str, task: Any) -> None:
     if task.min_seed_distance is not None and task.adaptive_seed_spacing is not None:
         raise ValueError(
             f"{name}: min_seed_distance and adaptive_seed_spacing both set the seed "
-            "spacing; set one of them (or neither, for no seeds)"
+            "spacing; set one or the other (or neither, for no seeds)"
         )
     offsets = len(task.affs_data.neighborhood or [])
     if isinstance(task.boundary_mask_offsets, list) and (
@@ -531,15 +531,15 @@ def check_seeding_fields(name: str, task: Any) -> None:
         or max(task.boundary_mask_offsets) >= offsets
     ):
         raise ValueError(
-            f"{name}.boundary_mask_offsets {task.boundary_mask_offsets}: give at "
-            f"least one channel index in 0..{offsets - 1} (the neighborhood has "
-            f"{offsets} offsets), or 'direct' / 'all'"
+            f"{name}.boundary_mask_offsets {task.boundary_mask_offsets}: select at "
+            f"least one offset, by channel index in 0..{offsets - 1} (the "
+            f"neighborhood has {offsets} offsets), or 'direct' / 'all'"
         )
     dims = task.affs_data.neighborhood[0].dims if offsets else None
     if task.min_extent is not None and task.min_extent.dims != dims:
         raise ValueError(
             f"{name}.min_extent {tuple(task.min_extent)}: give {dims} values "
-            "(voxels), one per spatial axis"
+            "(voxels), one value per axis"
         )
     seeded = (
         task.min_seed_distance is not None or task.adaptive_seed_spacing is not None
