@@ -93,3 +93,15 @@ def test_identifiers_with_sql_are_refused(name):
 def test_as_coordinate():
     assert as_coordinate(4, 3) == Coordinate(4, 4, 4)
     assert as_coordinate([1, 2], 2) == Coordinate(1, 2)
+
+
+def test_a_function_field_has_a_json_schema():
+    from volara.utils import PydanticCallable, StrictBaseModel
+
+    class WithFunction(StrictBaseModel):
+        function: PydanticCallable | None = None
+
+    schema = WithFunction.model_json_schema()["properties"]["function"]
+    string = next(s for s in schema["anyOf"] if s.get("type") == "string")
+    assert string["format"] == "base64-cloudpickle"
+    assert "arbitrary code" in string["description"]

@@ -264,10 +264,12 @@ class _CallableAnnotation:
     def __get_pydantic_json_schema__(cls, _schema: Any, _handler: Any) -> dict:
         return {
             "type": "string",
+            # volara 1.0.5's format name, for tools that read its schemas
+            "format": "base64-cloudpickle",
             "description": (
                 "'package.module:function', or a function pickled with "
-                "cloudpickle and base64-encoded (loading it executes code: only "
-                "load configs you trust)"
+                "cloudpickle and base64-encoded (loading it executes arbitrary "
+                "code: only load configs you trust)"
             ),
         }
 
