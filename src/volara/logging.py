@@ -46,6 +46,14 @@ def get_log_basedir() -> Path:
     return DEFAULT_LOG_BASEDIR.absolute()
 
 
+def __getattr__(name: str) -> Path:
+    # volara 1.0.5 kept the directory in a module global; reading
+    # ``volara.logging.LOG_BASEDIR`` still gives the current one
+    if name == "LOG_BASEDIR":
+        return get_log_basedir()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _worker_context_logdir() -> Path | None:
     if "DAISY_CONTEXT" not in os.environ:
         return None

@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import field_validator
 
 from .kernels.relabel import map_values, sorted_mapping
+from .segment_utils import replace_values as replace_values  # volara 1.0.5 import
 from .utils import StrictBaseModel
 
 LUT_KEY = "fragment_segment_lut"

@@ -80,3 +80,12 @@ __all__ = [
     "register_task",
     "task_config",
 ]
+
+
+def __getattr__(name: str) -> bool:
+    # volara 1.0.5's flag: whether the entry-point tasks have been read
+    if name == "TASKS_DISCOVERED":
+        from . import registry
+
+        return registry._entry_points_loaded
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -179,6 +179,11 @@ class ApplyShift(BlockwiseTask):
     # -------------------------------------------------------------- outputs
 
     def init(self) -> None:
+        self.init_out_array()
+
+    def init_out_array(self) -> None:
+        """Prepare ``aligned`` (and ``interp_shifts`` if set) (volara 1.0.5's
+        name; `init` does it before a run)."""
         template = self.intensities_array
         channels = self.channel_shape
         self._prepare(self.aligned, template.dtype, channels, [])
@@ -248,6 +253,57 @@ class ApplyShift(BlockwiseTask):
                 )
 
         yield process_block
+
+    @staticmethod
+    def apply_shift(
+        intensities: np.ndarray,
+        shifts: np.ndarray,
+        voxel_write_roi: Roi,
+        voxel_size: np.ndarray,
+        shift_threshold: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Warp one block in memory (volara 1.0.5's per-block function).
+
+        ``shifts`` holds the shift vectors (world units) of a window of
+        blocks, ``(c, dims, *cells)`` (volara 1.0.5: ``(c, 3, 3, 3, 3)``, the
+        block and its neighbours), and ``intensities`` (``(c, *spatial)``)
+        the voxels of the same window. The block written is the one in the
+        middle of the window, of shape ``voxel_write_roi.shape`` (voxels).
+
+        Returns ``(aligned, interpolated_shifts)``: the block warped as
+        `ApplyShift` warps it, in the dtype of ``intensities``, shaped
+        ``(c, *block)``, and the shift applied at each voxel (world units,
+        float32), ``(c, dims, *block)``. Shifts longer than
+        ``shift_threshold`` are ignored and filled from their neighbours, as
+        the task does (volara 1.0.5 set them to zero).
+        """
+        intensities = np.asarray(intensities)
+        voxel_size = np.asarray(voxel_size, dtype=np.float64)
+        dims = len(voxel_size)
+        shifts = np.asarray(shifts)
+        cells = shifts.shape[-dims:]
+        channels = intensities.shape[:-dims]
+        window_shape = np.asarray(intensities.shape[-dims:])
+        block_shape = tuple(int(s) for s in voxel_write_roi.shape)
+        cell_shape = window_shape / np.asarray(cells)
+        offset = (window_shape - np.asarray(block_shape)) // 2
+        # voxel centres in cell units (cell i centred at i)
+        points = grid_points(
+            block_shape, (offset + 0.5) / cell_shape - 0.5, 1 / cell_shape
+        )
+        vectors = shifts.reshape(-1, dims, *cells)
+        images = intensities.reshape(-1, *window_shape)
+        aligned, interpolated = [], []
+        for image, grid in zip(images, vectors, strict=True):
+            filled = fill_ignored_shifts(grid, ignored_shifts(grid, shift_threshold))
+            field = interpolate_shifts(filled, points)
+            scale = voxel_size.reshape(dims, *(1,) * dims)
+            aligned.append(warp(image, field / scale, tuple(int(o) for o in offset)))
+            interpolated.append(field.astype(np.float32))
+        return (
+            np.stack(aligned).reshape(*channels, *block_shape),
+            np.stack(interpolated).reshape(*channels, dims, *block_shape),
+        )
 
 
 def shift_window(

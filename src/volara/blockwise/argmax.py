@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
+from funlib.persistence import Array
 from pydantic import field_validator
 
 from ..datasets import Dataset, Labels, Raw
@@ -79,16 +80,28 @@ class Argmax(GridTask):
                 )
 
     def init(self) -> None:
+        self.init_out_array()
+
+    def init_out_array(self) -> None:
+        """Prepare the output array (volara 1.0.5's name; `init` does it
+        before a run)."""
         self.prepare_output(self.sem_data, self.out_dtype)
 
     @contextmanager
     def process_block_func(self) -> Iterator:
         probabilities = self.probs_data.array("r")
         semantic = self.sem_data.array("r+")
-        groups, dtype = self.combine_classes, self.out_dtype
 
         def process_block(block) -> None:
-            scores = probabilities.to_ndarray(block.write_roi)
-            semantic[block.write_roi] = argmax_classes(scores, groups).astype(dtype)
+            self.argmax_block(block, probabilities, semantic)
 
         yield process_block
+
+    def argmax_block(self, block, probabilities: Array, semantic: Array) -> None:
+        """Write the classes of one block: read ``block.write_roi`` of
+        ``probabilities`` (``probs_data``, opened), take the argmax over the
+        (combined) classes and write it to ``semantic`` (``sem_data``,
+        opened for writing) in its dtype."""
+        scores = probabilities.to_ndarray(block.write_roi)
+        classes = argmax_classes(scores, self.combine_classes)
+        semantic[block.write_roi] = classes.astype(semantic.dtype)

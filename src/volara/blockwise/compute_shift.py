@@ -168,6 +168,11 @@ class ComputeShift(GridTask):
     # -------------------------------------------------------------- output
 
     def init(self) -> None:
+        self.init_out_array()
+
+    def init_out_array(self) -> None:
+        """Prepare ``shifts`` (volara 1.0.5's name; `init` does it before a
+        run)."""
         template = self.grid_array
         dims = self.voxel_size.dims
         blocks = self.write_roi.shape.ceil_division(self.write_size)

@@ -253,8 +253,13 @@ class ExtractFrags(GridTask):
             check_no_nan(type(self).__name__, self.affs_data)
 
     def init(self) -> None:
-        self.prepare_output(self.frags_data, np.uint64)
+        self.init_out_array()
         self.db.init()
+
+    def init_out_array(self) -> None:
+        """Prepare the output array (volara 1.0.5's name; `init` does it
+        before a run)."""
+        self.prepare_output(self.frags_data, np.uint64)
 
     @contextmanager
     def process_block_func(self) -> Iterator:

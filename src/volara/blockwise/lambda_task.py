@@ -251,6 +251,11 @@ class LambdaTask(BlockwiseTask):
         if self.init_out:
             self._prepare_output()
 
+    def init_out_array(self) -> None:
+        """Prepare ``out_data`` (volara 1.0.5's name; `init` calls it when
+        ``init_out`` is set)."""
+        self._prepare_output()
+
     def _prepare_output(self) -> None:
         template = self.in_data.array("r")
         channel_dims, voxel_size = template.channel_dims, template.voxel_size

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
+from funlib.persistence import Array
 
 from ..datasets import Dataset, Labels, read_region, write_region
 from ..kernels.relabel import relabel, sorted_mapping
@@ -51,6 +52,11 @@ class Relabel(GridTask):
             self.lut.check_readable()
 
     def init(self) -> None:
+        self.init_out_array()
+
+    def init_out_array(self) -> None:
+        """Prepare the output array (volara 1.0.5's name; `init` does it
+        before a run)."""
         self.prepare_output(self.seg_data, np.uint64)
 
     @contextmanager
@@ -68,8 +74,22 @@ class Relabel(GridTask):
                 if table is None:
                     raise FileNotFoundError(f"LUT.path: no look-up table at {lut.uri}")
                 mapping.append(sorted_mapping(table[0], table[1]))
-            src, dst = mapping[0]
-            labels = read_region(fragments, block.write_roi)
-            write_region(segments, block.write_roi, relabel(labels, src, dst))
+            self.map_block(block, fragments, segments, *mapping[0])
 
         yield process_block
+
+    def map_block(
+        self,
+        block,
+        frags: Array,
+        segs: Array,
+        src_sorted: np.ndarray,
+        dst_sorted: np.ndarray,
+    ) -> None:
+        """Relabel one block: read ``block.write_roi`` of ``frags``
+        (``frags_data``, opened), map each id found in ``src_sorted`` to its
+        ``dst_sorted`` entry (the table sorted by source id, e.g. by
+        `volara.segment_utils.prepare_mapping`), keep the others, and write
+        the result to ``segs`` (``seg_data``, opened for writing)."""
+        labels = read_region(frags, block.write_roi)
+        write_region(segs, block.write_roi, relabel(labels, src_sorted, dst_sorted))

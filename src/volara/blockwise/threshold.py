@@ -50,6 +50,11 @@ class Threshold(GridTask):
             )
 
     def init(self) -> None:
+        self.init_out_array()
+
+    def init_out_array(self) -> None:
+        """Prepare the output array (volara 1.0.5's name; `init` does it
+        before a run)."""
         self.prepare_output(self.mask, np.uint8)
 
     @contextmanager
