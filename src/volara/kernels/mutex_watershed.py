@@ -187,51 +187,25 @@ def extract_fragments(
     neighborhood: Sequence[Sequence[int]],
     bias: Sequence[float],
     crop: tuple[slice, ...] | None = None,
-    min_mean_affinity: float = 0.0,
-    min_size: int = 0,
-    min_extent: Sequence[int] | None = None,
-    seeding: Seeding | None = None,
-    voxel_size: Sequence[float] | None = None,
-    outside: tuple[Sequence[int], Sequence[int]] | None = None,
-    **watershed_options,
+    **options,
 ) -> np.ndarray:
     """Fragments of the region ``crop`` of ``affs``, as volara 1.0.5's
     ExtractFrags makes them: every fragment is one connected piece of one
     mutex-watershed cluster.
 
-    The mutex watershed runs on the whole of ``affs`` (a block plus its
-    context), seeded as ``seeding`` says (distances in world units of
-    ``voxel_size``; ``outside``: voxels of ``affs`` past the stored volume,
-    per side of each axis, see `seeding.continue_past_faces`). Clusters
-    with fewer than ``min_size`` voxels, a mean direct-neighbor affinity
-    below ``min_mean_affinity`` or a bounding box narrower than
-    ``min_extent`` (voxels, per axis) are dropped, all measured over the
-    whole of ``affs``, so a cluster that the crop cuts small is kept when it
-    is large. Then, inside ``crop``, each cluster is split into its
+    The clusters are those of `filtered_clusters` (``options`` are its
+    arguments): computed and filtered over the whole of ``affs`` (a block
+    plus its context). Inside ``crop``, each cluster is split into its
     connected pieces (voxels touching by a face, edge or corner), since
     pieces joined only through the context are separate objects as far as
-    the block can tell. Voxels no attractive edge touches, dropped clusters
-    and masked voxels are 0. If every affinity is below `EMPTY_AFFINITY`
-    there are no fragments.
-
-    ``watershed_options`` are those of `mutex_watershed_clusters` but the
-    seeds. Returns int64 labels ``1..n`` of the crop's shape, numbered in C
-    order of each fragment's first voxel.
+    the block can tell. Returns int64 labels ``1..n`` of the crop's shape,
+    numbered in C order of each fragment's first voxel; 0 where
+    `filtered_clusters` has 0.
     """
     crop = crop if crop is not None else (slice(None),) * (np.ndim(affs) - 1)
-    clusters = filtered_clusters(
-        affs,
-        neighborhood,
-        bias,
-        min_mean_affinity=min_mean_affinity,
-        min_size=min_size,
-        min_extent=min_extent,
-        seeding=seeding,
-        voxel_size=voxel_size,
-        outside=outside,
-        **watershed_options,
+    return connected_pieces(
+        filtered_clusters(affs, neighborhood, bias, **options)[crop]
     )
-    return connected_pieces(clusters[crop])
 
 
 def filtered_clusters(
@@ -247,8 +221,19 @@ def filtered_clusters(
     **watershed_options,
 ) -> np.ndarray:
     """The mutex-watershed clusters of the whole of ``affs`` that pass the
-    filters, as raw cluster ids (uint64; 0: no cluster, dropped or masked).
-    Arguments as in `extract_fragments`, which cuts these into pieces."""
+    filters, as raw cluster ids (uint64).
+
+    The watershed is seeded as ``seeding`` says (distances in world units
+    of ``voxel_size``; ``outside``: voxels of ``affs`` past the stored
+    volume, per side of each axis, see `seeding.continue_past_faces`).
+    Clusters with fewer than ``min_size`` voxels, a mean direct-neighbor
+    affinity below ``min_mean_affinity`` or a bounding box narrower than
+    ``min_extent`` (voxels, per axis) are dropped, all measured over the
+    whole of ``affs``. 0 marks voxels no attractive edge touches, dropped
+    clusters and masked voxels; if every affinity is below
+    `EMPTY_AFFINITY`, everything. ``watershed_options`` are those of
+    `mutex_watershed_clusters` but the seeds.
+    """
     if "seeds" in watershed_options:
         raise TypeError("seeds are placed from seeding=..., not passed")
     if largest_affinity(affs) < EMPTY_AFFINITY:
