@@ -21,6 +21,7 @@ from .graph_mws import GraphMWS
 from .grid import GridTask
 from .lambda_task import LambdaTask
 from .pipeline import Pipeline, TaskResult
+from .predict import Predict
 from .registry import (
     BLOCKWISE_TASKS,
     available_task_types,
@@ -47,6 +48,7 @@ BUILTIN_TASKS: list[type[BlockwiseTask]] = [
     ExtractFrags,
     GraphMWS,
     LambdaTask,
+    Predict,
     Relabel,
     SeededExtractFrags,
     Threshold,
@@ -65,6 +67,7 @@ __all__ = [
     "GridTask",
     "LambdaTask",
     "Pipeline",
+    "Predict",
     "Relabel",
     "TaskResult",
     "SeededExtractFrags",

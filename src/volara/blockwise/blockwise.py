@@ -398,8 +398,10 @@ class BlockwiseTask(StrictBaseModel, ABC):
 
     def write_config(self) -> Path:
         """Save this task as JSON in its meta directory and return the path."""
+        from .registry import task_config
+
         self.meta_dir.mkdir(parents=True, exist_ok=True)
-        self.config_file.write_text(self.model_dump_json(indent=2))
+        self.config_file.write_text(json.dumps(task_config(self), indent=2))
         return self.config_file
 
     def check_block_func(self) -> Callable[[daisy.Block], bool]:

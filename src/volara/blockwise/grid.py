@@ -113,19 +113,44 @@ class GridTask(BlockwiseTask):
     ) -> None:
         """Prepare ``dataset`` on the grid: the write region, chunked by
         block, with leading channel axes of the sizes in ``channels``."""
-        template = self.grid_array
-        spatial_dims = self.voxel_size.dims
-        spatial_names = list(template.axis_names[-spatial_dims:])
-        spatial_types = list(template.types[-spatial_dims:])
-        if channel_names is None:
-            channel_names = [f"c{i}^" for i in range(len(channels))]
-        dataset.prepare(
-            shape=(*channels, *(self.write_roi.shape / self.voxel_size)),
-            chunk_shape=(*channels, *self.block_size),
-            offset=self.write_roi.offset,
-            voxel_size=self.voxel_size,
-            units=list(template.units[-spatial_dims:]),
-            axis_names=[*channel_names, *spatial_names],
-            types=[*(["channel"] * len(channels)), *spatial_types],
-            dtype=np.dtype(dtype),
+        prepare_like(
+            dataset,
+            self.grid_array,
+            self.write_roi,
+            self.block_size,
+            dtype,
+            channels,
+            channel_names,
         )
+
+
+def prepare_like(
+    dataset: Dataset,
+    template: Array,
+    write_roi: Roi,
+    chunk_voxels: Coordinate,
+    dtype: Any,
+    channels: Sequence[int] = (),
+    channel_names: Sequence[str] | None = None,
+    channel_types: Sequence[str] | None = None,
+) -> None:
+    """Prepare ``dataset`` to cover ``write_roi`` (world units) on the voxel
+    grid of ``template`` (its voxel size, units and spatial axis names),
+    chunked by ``chunk_voxels``, with leading channel axes of the sizes in
+    ``channels``."""
+    voxel_size = template.voxel_size
+    spatial_dims = voxel_size.dims
+    if channel_names is None:
+        channel_names = [f"c{i}^" for i in range(len(channels))]
+    if channel_types is None:
+        channel_types = ["channel"] * len(channels)
+    dataset.prepare(
+        shape=(*channels, *(write_roi.shape / voxel_size)),
+        chunk_shape=(*channels, *chunk_voxels),
+        offset=write_roi.offset,
+        voxel_size=voxel_size,
+        units=list(template.units[-spatial_dims:]),
+        axis_names=[*channel_names, *template.axis_names[-spatial_dims:]],
+        types=[*channel_types, *template.types[-spatial_dims:]],
+        dtype=np.dtype(dtype),
+    )

@@ -10,6 +10,14 @@ of registered classes), `discover_tasks` and `get_blockwise_tasks_type`. One
 class may be listed under several entry-point names (``relabel`` and volara
 1.0.5's ``lut`` both name `Relabel`); it is registered once.
 
+When a plugin registers a ``task_type`` that a built-in task has (volara-torch
+and volara-ml register ``predict``), **the built-in task keeps the plain
+name** and the plugin's task is reachable by its distribution and name,
+``"<distribution>:<task_type>"``, e.g. ``"volara-torch:predict"``, in configs
+and in `get_task`. Such a task writes its configs with that qualified name, so
+cluster workers rebuild the same class. Every entry-point task can be named
+that way (``"volara:predict"`` is the built-in one).
+
 Config files are plain data: they are parsed with ``json`` or
 ``yaml.safe_load`` and validated by the task models. Nothing in them is
 evaluated or unpickled, with one exception: a `LambdaTask` whose
@@ -40,6 +48,10 @@ logger = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "volara.blockwise_tasks"
 
 _registry: dict[str, type[BlockwiseTask]] = {}
+# "<distribution>:<task_type>" of every entry-point task, and the name a
+# class shadowed by a built-in task is written under
+_qualified: dict[str, type[BlockwiseTask]] = {}
+_shadowed_names: dict[type[BlockwiseTask], str] = {}
 _entry_points_loaded = False
 
 BLOCKWISE_TASKS: list[type[BlockwiseTask]] = []
@@ -98,7 +110,9 @@ def discover_tasks() -> None:
     """Register the built-in tasks and every class named by a
     ``volara.blockwise_tasks`` entry point, reading the installed entry
     points again (so plugins installed since the last call are found). A
-    plugin that cannot be imported is skipped with a warning."""
+    plugin that cannot be imported is skipped with a warning; one whose
+    ``task_type`` a built-in task has is reachable only by its qualified
+    name (see the module's documentation)."""
     from . import BUILTIN_TASKS
 
     for task_class in BUILTIN_TASKS:
@@ -106,6 +120,7 @@ def discover_tasks() -> None:
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         try:
             task_class = entry_point.load()
+            task_type = _task_type_of(task_class)
         except Exception as e:
             logger.warning(
                 "could not load volara task plugin %r (%s): %s",
@@ -114,7 +129,29 @@ def discover_tasks() -> None:
                 e,
             )
             continue
+        distribution = entry_point.dist.name if entry_point.dist else "unknown"
+        qualified = f"{distribution}:{task_type}"
+        _qualified[qualified] = task_class
+        builtin = _registry.get(task_type)
+        if builtin in BUILTIN_TASKS and builtin is not task_class:
+            _shadowed_names[task_class] = qualified
+            logger.info(
+                "task_type %r names volara's %s; %s's task is %r",
+                task_type,
+                _qualname(builtin),
+                distribution,
+                qualified,
+            )
+            continue
         register_task(task_class)
+
+
+def config_task_type(task_class: type[BlockwiseTask]) -> str:
+    """The ``task_type`` a config of ``task_class`` is written with: its
+    own, or ``"<distribution>:<task_type>"`` for a plugin task whose name a
+    built-in task has."""
+    _load_entry_points()
+    return _shadowed_names.get(task_class, _task_type_of(task_class))
 
 
 def get_blockwise_tasks_type() -> TypeAdapter:
@@ -129,22 +166,24 @@ def get_blockwise_tasks_type() -> TypeAdapter:
 
 
 def available_task_types() -> list[str]:
-    """Every known ``task_type``, built in or from plugins."""
+    """Every known ``task_type``, built in or from plugins, and the
+    qualified names of plugin tasks a built-in task shadows."""
     _load_entry_points()
-    return sorted(_registry)
+    return sorted([*_registry, *_shadowed_names.values()])
 
 
 def get_task(task_type: str) -> type[BlockwiseTask]:
-    """The task class registered for ``task_type``."""
+    """The task class registered for ``task_type``, or for a qualified
+    ``"<distribution>:<task_type>"``."""
     _load_entry_points()
-    try:
-        return _registry[task_type]
-    except KeyError:
+    task_class = _registry.get(task_type) or _qualified.get(task_type)
+    if task_class is None:
         raise ValueError(
             f"unknown task_type {task_type!r}; known task types: "
             f"{', '.join(available_task_types())}. A plugin task must be installed "
             f"and registered under the {ENTRY_POINT_GROUP!r} entry points."
-        ) from None
+        )
+    return task_class
 
 
 def load_task(config: dict[str, Any]) -> BlockwiseTask:
@@ -155,12 +194,17 @@ def load_task(config: dict[str, Any]) -> BlockwiseTask:
         raise ValueError(
             f"task_type must be a string naming a task, got {config['task_type']!r}"
         )
-    return get_task(config["task_type"]).model_validate(config)
+    task_class = get_task(config["task_type"])
+    return task_class.model_validate({**config, "task_type": _task_type_of(task_class)})
 
 
 def task_config(task: BlockwiseTask) -> dict[str, Any]:
-    """A task as plain JSON-compatible data (with its ``task_type``)."""
-    return task.model_dump(mode="json")
+    """A task as plain JSON-compatible data (with the ``task_type`` that
+    loads it again, see `config_task_type`)."""
+    return {
+        **task.model_dump(mode="json"),
+        "task_type": config_task_type(type(task)),
+    }
 
 
 def pipeline_config(pipeline: Pipeline | BlockwiseTask) -> dict[str, Any]:
