@@ -319,7 +319,12 @@ class Predict(BlockwiseTask):
         begin = (inside.offset - write_roi.offset) / array.voxel_size
         end = begin + inside.shape / array.voxel_size
         crop = output[(slice(None), *map(slice, begin, end))]
-        write_region(array, inside, self.checkpoint.to_uint8(crop))
+        write_region(array, inside, self.stored_values(crop))
+
+    def stored_values(self, output: np.ndarray) -> np.ndarray:
+        """What is stored for network outputs: uint8, `TorchModel.out_range`
+        mapped to 0..255."""
+        return self.checkpoint.to_uint8(output)
 
 
 def select_device(torch: Any) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Literal
 
-from volara.blockwise import GridTask
+from volara.blockwise import GridTask, Predict
 from volara.datasets import Dataset, Labels, Raw
 
 
@@ -50,3 +50,12 @@ class Invert(GridTask):
             target[block.write_roi] = (maximum - values).astype(target.dtype)
 
         yield process_block
+
+
+class PluginPredict(Predict):
+    """Stands in for volara-torch's ``Predict``: a plugin task registered as
+    ``predict``, the name of a built-in task. It stores every output
+    inverted (``255 - value``), so a test can tell which task ran."""
+
+    def stored_values(self, output):
+        return 255 - super().stored_values(output)
