@@ -16,13 +16,14 @@ from pathlib import Path
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from volara import datasets, dbs, lut, workers
+from volara import datasets, dbs, lut, models, workers
 from volara.blockwise import BUILTIN_TASKS, BlockwiseTask
 
 SECTIONS: list[tuple[str, list[type[BaseModel]]]] = [
     ("Datasets", [datasets.Raw, datasets.Affs, datasets.Labels, datasets.LSD]),
     ("Databases", [dbs.SQLite, dbs.PostgreSQL]),
     ("Look-up tables", [lut.LUT]),
+    ("Networks (for Predict)", [models.TorchModel]),
     ("Workers", [workers.LocalWorker, workers.SlurmWorker, workers.LSFWorker]),
     (
         "Blockwise tasks",
