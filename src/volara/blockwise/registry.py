@@ -20,10 +20,13 @@ that way (``"volara:predict"`` is the built-in one).
 
 Config files are plain data: they are parsed with ``json`` or
 ``yaml.safe_load`` and validated by the task models. Nothing in them is
-evaluated or unpickled, with one exception: a `LambdaTask` whose
-``lambda_func`` is a base64 cloudpickle (the volara 1 form) unpickles it,
-which executes code. Load such configs only from people you trust, or name
-the function as ``"package.module:function"`` instead.
+evaluated or unpickled, with two exceptions, both of which execute code: a
+`LambdaTask` whose ``lambda_func`` is a base64 cloudpickle (the volara 1
+form) unpickles it (name the function as ``"package.module:function"``
+instead), and a `Predict` whose network file (``checkpoint.save_path``) was
+saved whole with ``torch.save`` is unpickled by torch when the task runs (a
+TorchScript file is not). Load such configs, and networks, only from people
+you trust.
 """
 
 from __future__ import annotations
