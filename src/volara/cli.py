@@ -244,6 +244,176 @@ def describe_pipeline(pipeline) -> list[str]:
     return lines
 
 
+@cli.command("status")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--log-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="The run's log directory, if it was given one (default ./volara_logs).",
+)
+def status(config: Path, as_json: bool, log_dir: Path | None) -> None:
+    """Show, per task of CONFIG, how many blocks are done and which failed,
+    without running anything (also while a run goes on)."""
+    from .blockwise.registry import load_pipeline, read_config_file
+    from .logging import set_log_basedir
+    from .status import describe_status, pipeline_status, status_as_dict
+
+    if log_dir is not None:
+        set_log_basedir(log_dir)
+    try:
+        statuses = pipeline_status(load_pipeline(read_config_file(config)))
+    except (ValueError, OSError) as e:
+        raise click.ClickException(f"{config}: {e}") from e
+    if as_json:
+        click.echo(json.dumps(status_as_dict(statuses)))
+        return
+    for line in describe_status(statuses):
+        click.echo(line)
+
+
+@cli.command("sweep")
+@click.argument("config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--gt",
+    "ground_truth",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="The ground-truth label array to score against.",
+)
+@click.option(
+    "--vary",
+    "variations",
+    multiple=True,
+    required=True,
+    help="TASK.FIELD=V1,V2,...: a task_type of the config, a dotted path into "
+    "its fields (keys and list indices), the values to try. Repeat for more "
+    "fields: every combination runs.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for each combination's outputs, sweep.csv and sweep.png.",
+)
+@click.option(
+    "--segmentation",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Which output array to score, as the config names it (default: the "
+    "last label array a varied task or a later one writes).",
+)
+@click.option(
+    "--mask", type=click.Path(path_type=Path), default=None, help="As for evaluate."
+)
+@click.option("--serial", is_flag=True, help="Process blocks in this process.")
+def sweep(
+    config: Path,
+    ground_truth: Path,
+    variations: tuple[str, ...],
+    out_dir: Path,
+    segmentation: Path | None,
+    mask: Path | None,
+    serial: bool,
+) -> None:
+    """Run the pipeline of CONFIG for every combination of the --vary values
+    and score each segmentation against --gt (see `volara.sweep`)."""
+    from .blockwise.registry import read_config_file
+    from .sweep import SCORES, parse_variation, run_sweep
+
+    def report(row: dict) -> None:
+        click.echo(
+            "  ".join(
+                f"{key} {value:.4f}" if key in SCORES else f"{key}={value}"
+                for key, value in row.items()
+            )
+        )
+
+    try:
+        run_sweep(
+            read_config_file(config),
+            ground_truth,
+            [parse_variation(text) for text in variations],
+            out_dir,
+            segmentation=segmentation,
+            mask=mask,
+            multiprocessing=not serial,
+            report=report,
+        )
+    except (ValueError, OSError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"wrote {out_dir / 'sweep.csv'} and {out_dir / 'sweep.png'}")
+
+
+@cli.command("evaluate")
+@click.argument("segmentation", type=click.Path(path_type=Path))
+@click.argument("ground_truth", type=click.Path(path_type=Path))
+@click.option(
+    "--mask",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Count only voxels where this label array is non-zero.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option(
+    "--top",
+    default=5,
+    show_default=True,
+    help="How many of the most split and most merging objects to list.",
+)
+@click.option(
+    "--threads", type=int, default=None, help="Blocks read at a time (default: cores)."
+)
+def evaluate(
+    segmentation: Path,
+    ground_truth: Path,
+    mask: Path | None,
+    as_json: bool,
+    top: int,
+    threads: int | None,
+) -> None:
+    """Score SEGMENTATION against GROUND_TRUTH (zarr label arrays on the same
+    grid): VOI split and merge (bits) and adapted Rand error, block by block,
+    ignoring voxels where the ground truth (or the mask) is 0."""
+    from .evaluate import evaluate as evaluate_segmentation
+
+    try:
+        result = evaluate_segmentation(
+            segmentation, ground_truth, mask=mask, num_threads=threads, top=top
+        )
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return
+    for line in describe_evaluation(result):
+        click.echo(line)
+
+
+def describe_evaluation(result) -> list[str]:
+    """The scores, and where the worst errors are, as lines of text."""
+    lines = [
+        f"VOI split {result.voi_split:.4f}  merge {result.voi_merge:.4f}  "
+        f"total {result.voi:.4f}  (bits, lower is better)",
+        f"adapted Rand error {result.arand:.4f}  (0 is perfect)",
+        f"{result.voxels} voxels counted: {result.truth_objects} ground-truth "
+        f"objects, {result.segments} segments, {result.blocks} blocks",
+    ]
+    for title, culprits, pieces in [
+        ("ground-truth objects split the most", result.worst_splits, "segments"),
+        ("segments merging the most", result.worst_merges, "ground-truth objects"),
+    ]:
+        lines.append(f"{title}:" if culprits else f"{title}: none")
+        lines += [
+            f"  id {c['id']}: {c['voxels']} voxels in {c['pieces']} {pieces}, "
+            f"VOI {c['voi']:.4f}; look at {tuple(c['position'])} (world units)"
+            for c in culprits
+        ]
+    return lines
+
+
 @cli.command("demo")
 @click.option(
     "--workdir",

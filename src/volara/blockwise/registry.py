@@ -138,7 +138,7 @@ def discover_tasks() -> None:
         builtin = _registry.get(task_type)
         if builtin in BUILTIN_TASKS and builtin is not task_class:
             _shadowed_names[task_class] = qualified
-            logger.info(
+            logger.debug(
                 "task_type %r names volara's %s; %s's task is %r",
                 task_type,
                 _qualname(builtin),
