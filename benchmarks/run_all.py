@@ -3,7 +3,7 @@
     python benchmarks/run_all.py [--volara1-python /path/to/v1venv/bin/python]
 
 Each script's JSON is printed as it finishes and all of them are written to
-``<workdir>/results.json``. The whole suite takes about 11 minutes on two
+``<workdir>/results.json``. The whole suite takes about 13 minutes on two
 idle cores, plus about 2 minutes the first time to generate its data; with
 ``--volara1-python`` the yardstick also runs volara 1.0.5 side by side,
 which adds about 1 to 2 minutes.
@@ -26,6 +26,7 @@ SUITE = [
     "extract_frags_floor.py",
     "yardstick.py",
     "scaling.py",
+    "predict.py",
 ]
 
 
