@@ -127,9 +127,11 @@ def plan_sweep(
             try:
                 load_task(task_configs[i])
             except ValueError as e:
+                given = ", ".join(
+                    f"{name}={value}" for name, value in zip(names, values, strict=True)
+                )
                 raise ValueError(
-                    f"--vary {', '.join(names)} = {values}: "
-                    f"{configs[i]['task_type']}: {e}"
+                    f"--vary {given}: {configs[i]['task_type']} refuses it: {e}"
                 ) from e
         combinations.append(
             (
