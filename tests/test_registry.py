@@ -20,6 +20,7 @@ from volara.blockwise import (
     ExtractFrags,
     GraphMWS,
     LambdaTask,
+    Predict,
     Relabel,
     SeededExtractFrags,
     Threshold,
@@ -31,6 +32,7 @@ from volara.blockwise import (
 from volara.datasets import Affs, Labels, Raw
 from volara.dbs import PostgreSQL, SQLite
 from volara.lut import LUT
+from volara.models import TorchModel
 from volara.workers import LocalWorker, SlurmWorker
 
 PLUGIN_HINT = (
@@ -113,6 +115,23 @@ def example_tasks(tmp_path) -> dict[str, object]:
             worker_config=LocalWorker(),
             num_cache_workers=2,
             timeout=30,
+        ),
+        "predict": Predict(
+            checkpoint=TorchModel(
+                save_path=tmp_path / "net.pt",
+                checkpoint_file="weights.pt",
+                in_channels=1,
+                min_input_shape=[20, 20, 20],
+                min_output_shape=[4, 4, 4],
+                min_step_shape=[2, 2, 2],
+                out_channels=[4, None],
+                out_range=[-1, 1],
+                pred_size_growth=[4, 8, 8],
+                context_override=[[6, 8, 8], [10, 8, 8]],
+            ),
+            in_data=raw,
+            out_data=[affs, None],
+            num_cache_workers=3,
         ),
         "relabel": Relabel(
             frags_data=Labels(store="d.zarr/frags", voxel_size=[4, 4, 4]),
