@@ -391,6 +391,7 @@ def main() -> None:
     workdir = args.workdir.absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     from volara import prefork
+    from volara.blockwise import Predict
     from volara.logging import set_log_basedir
 
     set_log_basedir(workdir / "logs")
@@ -409,7 +410,7 @@ def main() -> None:
     load_before = os.getloadavg()[0]
 
     start = time.perf_counter()
-    prefork.host_address()
+    prefork.host_address(Predict.worker_imports)  # as a run with Predict starts it
     host_start = time.perf_counter() - start
 
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}

@@ -57,6 +57,8 @@ _HEADER = struct.Struct("<Q")
 _STATUS = struct.Struct("<q")
 _STANDARD_STREAMS = (0, 1, 2)
 _PRELOAD = ("volara.blockwise",)
+# extra modules for the host to import, comma separated (set by the driver)
+_PRELOAD_VARIABLE = "VOLARA_PREFORK_PRELOAD"
 
 
 # ------------------------------------------------------------ worker side
@@ -217,21 +219,23 @@ def preforked(worker_function: Callable[[], None]) -> Callable[[], None]:
     return PreforkedWorker(address=address, payload=cloudpickle.dumps(worker_function))
 
 
-def started_host_address() -> str | None:
+def started_host_address(preload: tuple[str, ...] = ()) -> str | None:
     """`host_address`, or None (with a warning) if the host cannot start
     here, e.g. because the temporary directory's path is too long for a Unix
     socket: workers then start as plain daisy workers."""
     try:
-        return host_address()
+        return host_address(preload)
     except (OSError, RuntimeError) as error:
         logger.warning("workers start without the prefork host: %s", error)
         return None
 
 
-def host_address() -> str:
+def host_address(preload: tuple[str, ...] = ()) -> str:
     """The socket of this process's host, started on first use. Its imports
-    run while the driver prepares the run; workers that connect earlier
-    wait in the socket's backlog."""
+    (`volara.blockwise`, and the modules in ``preload`` that are installed,
+    e.g. torch for `Predict`) run while the driver prepares the run; workers
+    that connect earlier wait in the socket's backlog. A host already
+    running keeps the modules it started with."""
     global _host, _host_owner_pid
     if _host is not None and _host_owner_pid == os.getpid():
         if _host.process.poll() is None:
@@ -240,6 +244,7 @@ def host_address() -> str:
     directory = Path(tempfile.mkdtemp(prefix="volara-prefork-"))
     environ = dict(os.environ)
     environ.setdefault("MALLOC_ARENA_MAX", "2")
+    environ[_PRELOAD_VARIABLE] = ",".join(preload)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -452,6 +457,11 @@ def _serve(address: str, driver_sys_path: list[str]) -> None:
 
     for module in _PRELOAD:
         importlib.import_module(module)
+    for module in filter(None, os.environ.pop(_PRELOAD_VARIABLE, "").split(",")):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass  # the worker that needs it reports it
     server = _Server(listener)
     try:
         server.serve()

@@ -34,7 +34,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import daisy.v2 as daisy
 import numpy as np
@@ -94,6 +94,10 @@ class BlockwiseTask(StrictBaseModel, ABC):
     read_write_conflict: bool
     """Whether neighboring blocks must not run at the same time because one
     reads what the other writes."""
+
+    worker_imports: ClassVar[tuple[str, ...]] = ()
+    """Modules this task's workers import that are slow to import (e.g.
+    torch): the prefork host imports them once, before it forks workers."""
 
     _out_array_dtype: np.dtype = np.dtype(np.uint8)
     _upstream_outputs: frozenset[str] = frozenset()

@@ -144,9 +144,12 @@ class Pipeline:
     def _start_worker_host(self, multiprocessing: bool) -> None:
         # started before the tasks are prepared, so that its imports overlap
         # with the preparation instead of delaying the first worker
-        if multiprocessing and any(task.worker_config is None for task in self.tasks):
-            if prefork.enabled():
-                prefork.started_host_address()
+        local = [task for task in self.tasks if task.worker_config is None]
+        if multiprocessing and local and prefork.enabled():
+            preload = sorted(
+                {module for task in local for module in task.worker_imports}
+            )
+            prefork.started_host_address(tuple(preload))
 
     def _tell_tasks_their_upstream_outputs(self) -> None:
         for task in self.task_graph:

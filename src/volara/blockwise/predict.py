@@ -21,7 +21,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
@@ -63,6 +63,7 @@ class Predict(BlockwiseTask):
     `roi`)."""
     fit: Literal["overhang"] = "overhang"
     read_write_conflict: Literal[False] = False
+    worker_imports: ClassVar[tuple[str, ...]] = ("torch",)
     context_override: tuple[PydanticCoordinate, PydanticCoordinate] | None = None
     """``(low, high)`` context in voxels, overriding the checkpoint's (and
     its `TorchModel.context_override`); the two must add up to the
