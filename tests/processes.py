@@ -1,8 +1,12 @@
 """What a test can read about a process from /proc (Linux): its parent, its
-command line, whether it is still alive."""
+command line, whether it is still alive; and ``volara-cli`` as a real
+subprocess."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -28,3 +32,21 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def volara_cli(
+    *args: str, cwd: Path, timeout: float = 600
+) -> subprocess.CompletedProcess:
+    """``python -m volara.cli ARGS`` in ``cwd``, output captured; this
+    interpreter's bin directory goes first on PATH, where local workers
+    find ``volara-cli``."""
+    bin_dir = Path(sys.executable).parent
+    env = dict(os.environ, PATH=os.pathsep.join([str(bin_dir), os.environ["PATH"]]))
+    return subprocess.run(
+        [sys.executable, "-m", "volara.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from funlib.geometry import Coordinate
 from funlib.persistence import prepare_ds
 from skimage.metrics import adapted_rand_error, variation_of_information
 
+from processes import volara_cli as cli
 from volara.evaluate import evaluate
 from volara.kernels.metrics import (
     block_contingency,
@@ -153,16 +152,6 @@ def test_tables_of_blocks_add_up_to_the_whole():
         halves.segments, halves.truths, halves.positions, strict=True
     ):
         assert (seg[tuple(position)], truth[tuple(position)]) == (s, t)
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "volara.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_cli_json_and_text(tmp_path):

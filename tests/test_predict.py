@@ -5,7 +5,6 @@ checks made before any block runs; which ``predict`` a config gets."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -20,13 +19,13 @@ from funlib.geometry import Coordinate, Roi
 from funlib.persistence import prepare_ds
 from pydantic import ValidationError
 
+from processes import volara_cli
 from volara.blockwise import Predict, get_task, load_task, pipeline_config, task_config
 from volara.blockwise.registry import dump_config
 from volara.datasets import LSD, Affs, Raw
 from volara.models import TorchModel
 
 REFERENCE = Path(__file__).parent / "predict_reference"
-BIN_DIR = Path(sys.executable).parent
 VOXEL_SIZE = Coordinate(8, 4, 4)
 OFFSET = Coordinate(16, 8, 12)
 
@@ -491,12 +490,4 @@ def test_plugin_predict_runs_from_a_config(setup, tmp_path):
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=os.pathsep.join([str(BIN_DIR), os.environ["PATH"]]))
-    return subprocess.run(
-        [sys.executable, "-m", "volara.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return volara_cli(*args, cwd=cwd, timeout=300)

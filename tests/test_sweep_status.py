@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import subprocess
 import sys
@@ -17,6 +16,7 @@ import pytest
 import zarr
 from funlib.geometry import Coordinate
 
+from processes import volara_cli as cli
 from volara.blockwise import (
     AffAgglom,
     ExtractFrags,
@@ -30,20 +30,6 @@ from volara.datasets import Affs, Labels
 from volara.dbs import SQLite
 from volara.lut import LUT
 from volara.sample_data import generate_sample_data
-
-BIN_DIR = Path(sys.executable).parent
-
-
-def cli(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=os.pathsep.join([str(BIN_DIR), os.environ["PATH"]]))
-    return subprocess.run(
-        [sys.executable, "-m", "volara.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def readme_pipeline(workers: int = 2):
