@@ -27,6 +27,7 @@ SUITE = [
     "yardstick.py",
     "scaling.py",
     "predict.py",
+    "evaluate.py",
 ]
 
 
