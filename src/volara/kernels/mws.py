@@ -1,0 +1,621 @@
+"""Mutex watershed on voxel affinities, in numba: a drop-in for
+`mwatershed.agglom` that orders tied edges the same way in every crop.
+
+What mwatershed 0.5.4 (``agglom_rs``) does, read from its source and checked
+against its output:
+
+* Edges. Channel ``c`` with offset ``o`` joins voxel ``p`` to ``p + o`` with
+  weight ``weights[c, p]``, for every ``p`` with both ends inside the array.
+  An edge attracts if ``w > 0``; every other edge (``w <= 0``) repels. All
+  edges are taken by decreasing ``|w|`` (an unstable sort: tied edges come
+  in an order that depends on the whole array). NaN weights are an error.
+* ``strides``: per offset, only ``p`` with ``(p - max(0, -o)) % stride == 0``
+  on every axis (array slices starting at the first valid ``p``).
+  ``randomized_strides``: every edge kept with probability ``1/prod(stride)``
+  from an unseeded RNG (a different result on every call).
+* Mutex watershed: an attractive edge merges the clusters of its voxels
+  unless a repulsive edge taken earlier lies between them; a repulsive edge
+  between two different clusters forbids their merging from then on.
+* Seeds (non-zero values): voxels sharing a seed value start as one cluster
+  (one node, named by the value's first voxel in C order); every two seed
+  values get a repulsive edge taken before all others, so clusters with
+  different seeds never merge.
+* Output (uint64, spatial shape): a seeded cluster gets its seed value. An
+  unseeded voxel that no kept attractive edge (``w > 0``) touches gets 0 (a
+  voxel whose attractive edges were all refused is still a cluster of its
+  own). Any other cluster gets the index (C order) of its union-find root
+  in ``disjoint_sets::UnionFind``: union by rank, called as
+  ``union(min(ra, rb), max(ra, rb))`` on the two roots, where a rank tie
+  makes the larger index the root. So unseeded ids can equal seed values.
+  ``w == 0`` edges are repulsive but come after every attractive edge, so
+  they change nothing.
+
+What `agglom` here matches: on weights without ties of ``|w|`` (and no
+attractive and repulsive edge of equal ``|w|``), the identical output array,
+ids included (the root mwatershed's union by rank would pick is tracked
+alongside our own union-find), for 1 to 3 spatial axes, any offsets (also
+negative, also longer than the array), seeds and strides. What differs:
+
+* Ties are taken in an order fixed by each edge's place in the whole
+  volume: of equal ``|w|``, repulsive edges first, then by a 21-bit hash of
+  (global voxel coordinate, channel), then by (channel, global coordinate)
+  in C order. ``origin`` is the global coordinate of the array's first
+  voxel, so a crop of a volume orders its tied edges as the volume does.
+* ``strides`` are counted from the global coordinate (``origin + p``);
+  with ``origin`` at zeros (the default) that is mwatershed's rule.
+* ``randomized_strides`` keeps an edge if a second hash of its global
+  position and channel falls below ``1/prod(stride)``: deterministic, and
+  the same for an edge in every crop.
+
+How: one uint64 sort key per edge (the inverted bits of ``|w|``, the
+attractive flag, the tie hash) sorted by an LSD radix sort whose stability
+supplies the last tie key; float64 weights sort twice (tie hash, then the
+full 64-bit ``|w|`` key), unless every weight is exactly a float32. A flat
+union-find (path halving, union by size); mutex constraints as one
+open-addressing hash set of cluster-key pairs plus per-cluster partner
+lists, re-keyed from the shorter list into the longer one on a merge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from numba import njit
+
+_DIGIT_BITS = 11
+_HASH_BITS = 21
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+# per-axis and per-channel multipliers of the position hash (odd constants)
+_AXIS_MULTIPLIERS = np.array(
+    [0xD6E8FEB86659FD93, 0xA0761D6478BD642F, 0xE7037ED1A0B428DB, 0x8EBC6AF09C88C6E3],
+    dtype=np.uint64,
+)
+_TIE_SALT = 0x243F6A8885A308D3
+_STRIDE_SALT = 0x13198A2E03707344
+
+
+@njit(cache=True, inline="always")
+def _mix(x):
+    x = x ^ (x >> np.uint64(30))
+    x = x * _MIX1
+    x = x ^ (x >> np.uint64(27))
+    x = x * _MIX2
+    return x ^ (x >> np.uint64(31))
+
+
+@njit(cache=True)
+def _edge_keys(
+    bits,
+    shape,
+    offsets,
+    strides,
+    origin,
+    randomized,
+    tie_salt,
+    wide,
+    keys,
+    order,
+    touched,
+):
+    """Sort keys and edge ids of every kept edge with ``w != 0``, in
+    (channel, voxel) order; marks the voxels of attractive edges in
+    ``touched``. Returns the number of edges.
+
+    ``bits``: the weights viewed as unsigned integers, ``(channels, voxels)``.
+    Narrow (float32) keys hold everything; wide (float64) keys only the tie
+    hash, the ``|w|`` key follows in `_wide_keys`."""
+    sign_shift = np.uint64(bits.itemsize * 8 - 1)
+    abs_mask = (np.uint64(1) << sign_shift) - np.uint64(1)
+    hash_shift = np.uint64(64 - _HASH_BITS)
+    nz, ny, nx = shape[0], shape[1], shape[2]
+    nvox = nz * ny * nx
+    m = _AXIS_MULTIPLIERS
+    n = 0
+    for c in range(offsets.shape[0]):
+        oz, oy, ox = offsets[c, 0], offsets[c, 1], offsets[c, 2]
+        sz, sy, sx = strides[c, 0], strides[c, 1], strides[c, 2]
+        step = oz * ny * nx + oy * nx + ox
+        threshold = np.uint64(0)
+        if randomized:
+            threshold = np.uint64((1 << 32) // (sz * sy * sx))
+        base_c = np.uint64(tie_salt) + np.uint64(c) * m[0]
+        base_s = np.uint64(_STRIDE_SALT) + np.uint64(c) * m[0]
+        for z in range(max(0, -oz), min(nz, nz - oz)):
+            gz = origin[0] + z
+            if not randomized and (gz - max(0, -oz)) % sz != 0:
+                continue
+            hz = np.uint64(gz) * m[1]
+            for y in range(max(0, -oy), min(ny, ny - oy)):
+                gy = origin[1] + y
+                if not randomized and (gy - max(0, -oy)) % sy != 0:
+                    continue
+                hy = hz + np.uint64(gy) * m[2]
+                row = (z * ny + y) * nx
+                for x in range(max(0, -ox), min(nx, nx - ox)):
+                    gx = origin[2] + x
+                    position = hy + np.uint64(gx) * m[3]
+                    if randomized:
+                        if (_mix(base_s + position) >> np.uint64(32)) >= threshold:
+                            continue
+                    elif (gx - max(0, -ox)) % sx != 0:
+                        continue
+                    p = row + x
+                    b = np.uint64(bits[c, p])
+                    magnitude = b & abs_mask
+                    if magnitude == 0:
+                        continue  # w == 0 changes nothing (see the docstring)
+                    attractive = (b >> sign_shift) == 0
+                    tie = _mix(base_c + position) >> hash_shift
+                    if wide:
+                        keys[n] = tie
+                    else:
+                        keys[n] = (
+                            ((abs_mask - magnitude) << np.uint64(_HASH_BITS + 1))
+                            | (np.uint64(attractive) << np.uint64(_HASH_BITS))
+                            | tie
+                        )
+                    order[n] = c * nvox + p
+                    if attractive:
+                        touched[p] = True
+                        touched[p + step] = True
+                    n += 1
+    return n
+
+
+@njit(cache=True)
+def _wide_keys(bits, order, keys, n):
+    """The 64-bit key of float64 weights: inverted ``|w|`` bits, then the
+    attractive flag (lowest bit), for the edges in ``order``."""
+    flat = bits.ravel()
+    abs_mask = np.uint64(0x7FFFFFFFFFFFFFFF)
+    for i in range(n):
+        b = np.uint64(flat[order[i]])
+        keys[i] = ((abs_mask - (b & abs_mask)) << np.uint64(1)) | np.uint64(
+            (b >> np.uint64(63)) == 0
+        )
+
+
+@njit(cache=True)
+def _radix_sort(keys, order, keys_tmp, order_tmp, n, nbits):
+    """Stable LSD radix sort of ``keys[:n]`` (lowest ``nbits`` bits),
+    carrying ``order``; digits on which all keys agree are skipped.
+    Returns whether the sorted result is in the ``_tmp`` arrays."""
+    radix = 1 << _DIGIT_BITS
+    digit_mask = np.uint64(radix - 1)
+    passes = (nbits + _DIGIT_BITS - 1) // _DIGIT_BITS
+    counts = np.zeros((passes, radix), dtype=np.int64)
+    for i in range(n):
+        k = keys[i]
+        for d in range(passes):
+            counts[d, (k >> np.uint64(d * _DIGIT_BITS)) & digit_mask] += 1
+    swapped = False
+    starts = np.empty(radix, dtype=np.int64)
+    for d in range(passes):
+        if counts[d].max() == n:
+            continue
+        total = 0
+        for r in range(radix):
+            starts[r] = total
+            total += counts[d, r]
+        shift = np.uint64(d * _DIGIT_BITS)
+        if swapped:
+            _scatter(keys_tmp, order_tmp, keys, order, n, starts, shift, digit_mask)
+        else:
+            _scatter(keys, order, keys_tmp, order_tmp, n, starts, shift, digit_mask)
+        swapped = not swapped
+    return swapped
+
+
+@njit(cache=True, inline="always")
+def _scatter(src_keys, src_order, dst_keys, dst_order, n, starts, shift, mask):
+    for i in range(n):
+        k = src_keys[i]
+        r = (k >> shift) & mask
+        j = starts[r]
+        starts[r] = j + 1
+        dst_keys[j] = k
+        dst_order[j] = src_order[i]
+
+
+@njit(cache=True, inline="always")
+def _find(parent, x):
+    while parent[x] != x:
+        parent[x] = parent[parent[x]]
+        x = parent[x]
+    return x
+
+
+@njit(cache=True, inline="always")
+def _slot(pair, mask):
+    return np.int64(_mix(pair) >> np.uint64(1)) & mask
+
+
+@njit(cache=True, inline="always")
+def _pair(a, b):
+    if a > b:
+        a, b = b, a
+    return (np.uint64(a) << np.uint64(32)) | np.uint64(b)
+
+
+@njit(cache=True, inline="always")
+def _contains(table, pair):
+    mask = table.size - 1
+    i = _slot(pair, mask)
+    while True:
+        v = table[i]
+        if v == pair:
+            return True
+        if v == 0:
+            return False
+        i = (i + 1) & mask
+
+
+@njit(cache=True, inline="always")
+def _insert(table, pair):
+    """Add ``pair``; False if it was there already."""
+    mask = table.size - 1
+    i = _slot(pair, mask)
+    while True:
+        v = table[i]
+        if v == pair:
+            return False
+        if v == 0:
+            table[i] = pair
+            return True
+        i = (i + 1) & mask
+
+
+@njit(cache=True)
+def _live_pairs(table, parent):
+    """The pairs of ``table`` between two current roots (the others are
+    left over from merges)."""
+    live = np.empty(table.size, dtype=np.uint64)
+    n = 0
+    low = np.uint64(0xFFFFFFFF)
+    for i in range(table.size):
+        pair = table[i]
+        if pair != 0:
+            a = np.int64(pair >> np.uint64(32))
+            b = np.int64(pair & low)
+            if parent[a] == a and parent[b] == b:
+                live[n] = pair
+                n += 1
+    return live[:n]
+
+
+@njit(cache=True)
+def _fill(table, pairs):
+    for pair in pairs:
+        _insert(table, pair)
+
+
+# columns of the per-root record
+_SIZE, _SEED, _MW_ID, _MW_RANK, _HEAD, _LENGTH = 0, 1, 2, 3, 4, 5
+_RECORD = 8  # two records per cache line
+_MIN_TABLE = 1 << 12
+# columns of a partner entry
+_PARTNER, _NEXT = 0, 1
+
+
+@njit(cache=True)
+def _agglomerate(
+    keys, order, start, n, flag_shift, nvox, steps, parent, root, pool, table, state
+):
+    """Mutex watershed over the sorted edges ``start..n``. Returns where it
+    stopped: ``n``, or earlier when the pair table or the partner pool
+    needs to grow first.
+
+    ``root[r]``: the record of cluster root ``r`` (size, seed index, the
+    id and rank mwatershed would give it, head and length of its partner
+    list). Mutex pairs in ``table`` are (root, root) pairs; partner entries
+    (``pool`` rows) hold a voxel of the partner cluster, resolved by
+    ``find``. On a merge, the root with the longer partner list stays root
+    and the other's pairs are re-keyed onto it. ``state``: pool rows used,
+    free-list head, pairs in the table (live or
+    left behind), table room needed when returning early."""
+    table_limit = table.size // 2
+    flag = np.uint64(flag_shift)
+    one = np.uint64(1)
+    for i in range(start, n):
+        if state[2] + 1 > table_limit or state[0] + 2 > pool.shape[0]:
+            state[3] = 1
+            return i
+        e = np.int64(order[i])
+        c = e // nvox
+        u = e - c * nvox
+        ru = _find(parent, u)
+        rv = _find(parent, u + steps[c])
+        if ru == rv:
+            continue
+        a_rec = root[ru]
+        b_rec = root[rv]
+        pair = _pair(ru, rv)
+        if a_rec[_LENGTH] > 0 and b_rec[_LENGTH] > 0 and _contains(table, pair):
+            continue
+        if (keys[i] >> flag) & one:
+            su = a_rec[_SEED]
+            sv = b_rec[_SEED]
+            if su != 0 and sv != 0 and su != sv:
+                continue
+            need = min(a_rec[_LENGTH], b_rec[_LENGTH]) + 1
+            if state[2] + need > table_limit:
+                state[3] = need
+                return i
+            # the root mwatershed's union by rank picks
+            id_a, id_b = a_rec[_MW_ID], b_rec[_MW_ID]
+            rank_a, rank_b = a_rec[_MW_RANK], b_rec[_MW_RANK]
+            if id_a > id_b:
+                id_a, id_b = id_b, id_a
+                rank_a, rank_b = rank_b, rank_a
+            if rank_a > rank_b:
+                new_id, new_rank = id_a, rank_a
+            elif rank_b > rank_a:
+                new_id, new_rank = id_b, rank_b
+            else:
+                new_id, new_rank = id_b, rank_b + 1
+            # ours: the longer partner list (then the larger cluster) stays
+            if a_rec[_LENGTH] < b_rec[_LENGTH] or (
+                a_rec[_LENGTH] == b_rec[_LENGTH] and a_rec[_SIZE] < b_rec[_SIZE]
+            ):
+                ru, rv = rv, ru
+                a_rec, b_rec = b_rec, a_rec
+            parent[rv] = ru
+            a_rec[_SIZE] += b_rec[_SIZE]
+            if a_rec[_SEED] == 0:
+                a_rec[_SEED] = b_rec[_SEED]
+            a_rec[_MW_ID] = new_id
+            a_rec[_MW_RANK] = new_rank
+            entry = b_rec[_HEAD]
+            while entry >= 0:
+                row = pool[entry]
+                following = row[_NEXT]
+                other = _find(parent, row[_PARTNER])
+                # the pair (rv, other) stays behind as garbage: rv is no
+                # root any more, and `_rehash` drops it
+                if _insert(table, _pair(ru, other)):
+                    state[2] += 1
+                    row[_PARTNER] = other
+                    row[_NEXT] = a_rec[_HEAD]
+                    a_rec[_HEAD] = entry
+                    a_rec[_LENGTH] += 1
+                else:
+                    row[_NEXT] = state[1]
+                    state[1] = entry
+                entry = following
+            b_rec[_HEAD] = -1
+            b_rec[_LENGTH] = 0
+        else:
+            _insert(table, pair)
+            state[2] += 1
+            _add_partner(pool, state, a_rec, rv)
+            _add_partner(pool, state, b_rec, ru)
+    return n
+
+
+@njit(cache=True, inline="always")
+def _add_partner(pool, state, record, other):
+    if state[1] >= 0:
+        entry = state[1]
+        state[1] = pool[entry, _NEXT]
+    else:
+        entry = state[0]
+        state[0] += 1
+    pool[entry, _PARTNER] = other
+    pool[entry, _NEXT] = record[_HEAD]
+    record[_HEAD] = entry
+    record[_LENGTH] += 1
+
+
+@njit(cache=True)
+def _labels(parent, root, seed_values, touched, out):
+    for p in range(out.size):
+        r = _find(parent, p)
+        s = root[r, _SEED]
+        if s != 0:
+            out[p] = seed_values[s]
+        elif touched[p]:
+            out[p] = np.uint64(root[r, _MW_ID])
+        else:
+            out[p] = 0
+
+
+def agglom(
+    weights: np.ndarray,
+    offsets: Sequence[Sequence[int]],
+    seeds: np.ndarray | None = None,
+    strides: Sequence[Sequence[int]] | None = None,
+    randomized_strides: bool = False,
+    origin: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Mutex watershed of edge ``weights``, as `mwatershed.agglom`.
+
+    Args:
+        weights: float32 or float64, channels first ``(len(offsets),
+            *spatial)`` with 1 to 3 spatial axes; ``weights[c, p]`` is the
+            edge from voxel ``p`` to ``p + offsets[c]``: ``> 0`` attracts,
+            ``< 0`` repels, ``|w|`` orders.
+        offsets: One offset per channel, in voxels (negative allowed).
+        seeds: Integer labels, spatial shape; voxels sharing a non-zero
+            value start merged, different values never merge, and seeded
+            clusters come out with their value.
+        strides: Per offset, keep only edges whose global coordinate
+            (``origin + p``, counted from the first voxel the offset allows)
+            is a multiple of the stride on every axis.
+        randomized_strides: Instead keep each edge with probability
+            ``1/prod(stride)``, decided by a hash of its global position.
+        origin: Global voxel coordinate of the array's first voxel, so that
+            tied edges (and strides) are taken as in the whole volume.
+            Default zeros.
+
+    Returns uint64 cluster ids of the spatial shape (see the module
+    docstring): seeds keep their values, voxels that no kept attractive
+    edge touches are 0, other clusters are named by a voxel index.
+    """
+    weights = np.asarray(weights)
+    if weights.dtype == np.float64:
+        narrow = weights.astype(np.float32)
+        if np.array_equal(narrow, weights):
+            # exactly float32 values: |w| orders alike, one key suffices
+            weights = narrow
+    return _run(weights, offsets, seeds, strides, randomized_strides, origin)
+
+
+def _run(
+    weights: np.ndarray,
+    offsets: Sequence[Sequence[int]],
+    seeds: np.ndarray | None = None,
+    strides: Sequence[Sequence[int]] | None = None,
+    randomized_strides: bool = False,
+    origin: Sequence[int] | None = None,
+    tie_salt: int = _TIE_SALT,
+) -> np.ndarray:
+    """`agglom` without the float64-to-float32 shortcut; ``tie_salt`` picks
+    another tie order (for tests)."""
+    weights = np.ascontiguousarray(weights)
+    if weights.dtype not in (np.float32, np.float64):
+        raise TypeError(f"weights must be float32 or float64, not {weights.dtype}")
+    spatial = weights.shape[1:]
+    ndim = len(spatial)
+    if not 1 <= ndim <= 3:
+        raise ValueError(f"1 to 3 spatial axes supported, not {ndim}")
+    channels = weights.shape[0]
+    offset_array = _per_channel(offsets, channels, ndim, "offsets", 0)
+    stride_array = (
+        np.ones((channels, 3), dtype=np.int64)
+        if strides is None
+        else _per_channel(strides, channels, ndim, "strides", 1)
+    )
+    if np.any(stride_array < 1):
+        raise ValueError("strides must be positive")
+    origin_array = np.zeros(3, dtype=np.int64)
+    if origin is not None:
+        if len(origin) != ndim:
+            raise ValueError(f"origin has {len(origin)} values, need {ndim}")
+        origin_array[3 - ndim :] = [int(o) for o in origin]
+    if np.isnan(weights).any():
+        raise ValueError("NaN weights")
+    shape = np.array((1,) * (3 - ndim) + spatial, dtype=np.int64)
+    nvox = int(np.prod(shape))
+    if channels * nvox >= 2**31:
+        raise ValueError("too many edges (channels x voxels must be < 2**31)")
+    wide = weights.dtype == np.float64
+    bits = weights.reshape(channels, nvox).view(np.uint64 if wide else np.uint32)
+
+    capacity = channels * nvox
+    keys = np.empty(capacity, dtype=np.uint64)
+    order = np.empty(capacity, dtype=np.uint32)
+    touched = np.zeros(nvox, dtype=np.bool_)
+    n = _edge_keys(
+        bits,
+        shape,
+        offset_array,
+        stride_array,
+        origin_array,
+        bool(randomized_strides),
+        np.uint64(tie_salt % 2**64),
+        wide,
+        keys,
+        order,
+        touched,
+    )
+    keys_tmp = np.empty(n, dtype=np.uint64)
+    order_tmp = np.empty(n, dtype=np.uint32)
+    if wide:
+        if _radix_sort(keys, order, keys_tmp, order_tmp, n, _HASH_BITS):
+            keys, keys_tmp, order, order_tmp = keys_tmp, keys, order_tmp, order
+        _wide_keys(bits, order, keys, n)
+        nbits, flag_shift = 64, 0
+    else:
+        nbits, flag_shift = 31 + 1 + _HASH_BITS, _HASH_BITS
+    if _radix_sort(keys, order, keys_tmp, order_tmp, n, nbits):
+        keys, order = keys_tmp, order_tmp
+    del keys_tmp, order_tmp
+
+    parent = np.arange(nvox, dtype=np.int32)
+    root = np.zeros((nvox, _RECORD), dtype=np.int32)
+    root[:, _SIZE] = 1
+    root[:, _MW_ID] = parent
+    root[:, _HEAD] = -1
+    seed_values = np.zeros(1, dtype=np.uint64)
+    if seeds is not None:
+        seed_values = _start_seeded(seeds, spatial, parent, root)
+    pool = np.empty((max(1024, nvox), 2), dtype=np.int32)
+    table = np.zeros(max(_MIN_TABLE, 1 << int(nvox).bit_length()), dtype=np.uint64)
+    state = np.array([0, -1, 0, 0], dtype=np.int64)
+    steps = offset_array[:, 0] * shape[1] * shape[2]
+    steps += offset_array[:, 1] * shape[2] + offset_array[:, 2]
+
+    start = 0
+    while True:
+        start = _agglomerate(
+            keys,
+            order,
+            start,
+            n,
+            flag_shift,
+            nvox,
+            steps,
+            parent,
+            root,
+            pool,
+            table,
+            state,
+        )
+        if start == n:
+            break
+        if state[2] + state[3] > table.size // 2:
+            # drop the pairs merges left behind; grow or shrink to a load
+            # of at most a quarter
+            live = _live_pairs(table, parent)
+            size = _MIN_TABLE
+            while 4 * (live.size + state[3]) > size:
+                size *= 2
+            table = np.zeros(size, dtype=np.uint64)
+            _fill(table, live)
+            state[2] = live.size
+            del live
+        if state[0] + 2 > pool.shape[0]:
+            pool = np.concatenate([pool, np.empty_like(pool)])
+    del keys, order, table, pool
+
+    out = np.empty(nvox, dtype=np.uint64)
+    _labels(parent, root, seed_values, touched, out)
+    return out.reshape(spatial)
+
+
+def _per_channel(
+    values: Sequence[Sequence[int]], channels: int, ndim: int, what: str, pad: int
+) -> np.ndarray:
+    rows = [[int(v) for v in row] for row in values]
+    if len(rows) != channels or any(len(row) != ndim for row in rows):
+        raise ValueError(
+            f"{what}: need {channels} rows of {ndim} values (one per channel)"
+        )
+    out = np.full((channels, 3), pad, dtype=np.int64)
+    if channels:
+        out[:, 3 - ndim :] = rows
+    return out
+
+
+def _start_seeded(
+    seeds: np.ndarray, spatial: tuple[int, ...], parent: np.ndarray, root: np.ndarray
+) -> np.ndarray:
+    """Voxels sharing a non-zero seed start as one cluster, rooted (and, as
+    in mwatershed, named) at the value's first voxel. Returns the seed
+    values by seed index (index 0: no seed)."""
+    seeds = np.asarray(seeds)
+    if seeds.shape != spatial:
+        raise ValueError(f"seeds have shape {seeds.shape}, weights {spatial}")
+    flat = seeds.ravel().astype(np.uint64)
+    seeded = np.flatnonzero(flat)
+    values, first, inverse, counts = np.unique(
+        flat[seeded], return_index=True, return_inverse=True, return_counts=True
+    )
+    roots = seeded[first]
+    parent[seeded] = roots[inverse.ravel()]
+    root[roots, _SIZE] = counts
+    root[roots, _SEED] = np.arange(1, values.size + 1)
+    return np.concatenate([np.zeros(1, dtype=np.uint64), values])
