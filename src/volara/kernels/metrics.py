@@ -73,14 +73,24 @@ def block_contingency(
     if mask is not None:
         counted &= mask != 0
     where = np.flatnonzero(counted)
+    if len(where) == 0:
+        return Contingency.empty(truth.ndim)
     seg = segmentation.ravel()[where].astype(np.uint64)
     gt = truth.ravel()[where].astype(np.uint64)
+    # objects are contiguous: runs of one pair along a row shrink what is
+    # sorted below by orders of magnitude
+    runs = np.flatnonzero(
+        np.concatenate([[True], (seg[1:] != seg[:-1]) | (gt[1:] != gt[:-1])])
+    )
+    run_lengths = np.diff(np.append(runs, len(seg)))
+    seg, gt = seg[runs], gt[runs]
     seg_ids, seg_index = np.unique(seg, return_inverse=True)
     gt_ids, gt_index = np.unique(gt, return_inverse=True)
     # pairs as one integer: at most (block voxels)^2, far below 2^63
     keys = seg_index.astype(np.int64) * len(gt_ids) + gt_index
-    pairs, first, counts = np.unique(keys, return_index=True, return_counts=True)
-    positions = np.stack(np.unravel_index(where[first], truth.shape), axis=1)
+    pairs, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    counts = np.bincount(inverse, weights=run_lengths, minlength=len(pairs))
+    positions = np.stack(np.unravel_index(where[runs[first]], truth.shape), axis=1)
     if origin is not None:
         positions += np.asarray(origin, dtype=np.int64)
     return Contingency(
