@@ -293,36 +293,31 @@ def _fill(table, pairs):
 
 
 # columns of the per-root record
-_SIZE, _SEED, _MW_ID, _MW_RANK, _HEAD, _LENGTH = 0, 1, 2, 3, 4, 5
+_SIZE, _SEED, _MW_ID, _MW_RANK, _START, _LENGTH, _CAPACITY = 0, 1, 2, 3, 4, 5, 6
 _RECORD = 8  # two records per cache line
 _MIN_TABLE = 1 << 12
-# columns of a partner entry
-_PARTNER, _NEXT = 0, 1
 
 
 @njit(cache=True)
 def _agglomerate(
-    keys, order, start, n, flag_shift, nvox, steps, parent, root, pool, table, state
+    keys, order, start, n, flag_shift, nvox, steps, parent, root, arena, table, state
 ):
     """Mutex watershed over the sorted edges ``start..n``. Returns where it
-    stopped: ``n``, or earlier when the pair table or the partner pool
-    needs to grow first.
+    stopped: ``n``, or earlier when the pair table or the partner arena
+    needs room first (``state[3]``, ``state[4]``: how much).
 
     ``root[r]``: the record of cluster root ``r`` (size, seed index, the
-    id and rank mwatershed would give it, head and length of its partner
-    list). Mutex pairs in ``table`` are (root, root) pairs; partner entries
-    (``pool`` rows) hold a voxel of the partner cluster, resolved by
-    ``find``. On a merge, the root with the longer partner list stays root
-    and the other's pairs are re-keyed onto it. ``state``: pool rows used,
-    free-list head, pairs in the table (live or
-    left behind), table room needed when returning early."""
+    id and rank mwatershed would give it, and where its partner list lies
+    in ``arena``: start, length, capacity). Mutex pairs in ``table`` are
+    (root, root) pairs; a partner list holds a voxel of each partner
+    cluster, resolved by ``find``. On a merge, the root with the longer
+    partner list stays root and the other's pairs are re-keyed onto it.
+    ``state``: arena used, (unused), pairs in the table (live or left
+    behind by merges), room needed in the table and in the arena."""
     table_limit = table.size // 2
     flag = np.uint64(flag_shift)
     one = np.uint64(1)
     for i in range(start, n):
-        if state[2] + 1 > table_limit or state[0] + 2 > pool.shape[0]:
-            state[3] = 1
-            return i
         e = np.int64(order[i])
         c = e // nvox
         u = e - c * nvox
@@ -335,15 +330,19 @@ def _agglomerate(
         pair = _pair(ru, rv)
         if a_rec[_LENGTH] > 0 and b_rec[_LENGTH] > 0 and _contains(table, pair):
             continue
+        # room for either outcome: the table gains at most the shorter
+        # list plus one pair, a list may move to a region twice its size
+        need = min(a_rec[_LENGTH], b_rec[_LENGTH]) + 1
+        room = 2 * (a_rec[_LENGTH] + b_rec[_LENGTH]) + 16
+        if state[2] + need > table_limit or state[0] + room > arena.size:
+            state[3] = need
+            state[4] = room
+            return i
         if (keys[i] >> flag) & one:
             su = a_rec[_SEED]
             sv = b_rec[_SEED]
             if su != 0 and sv != 0 and su != sv:
                 continue
-            need = min(a_rec[_LENGTH], b_rec[_LENGTH]) + 1
-            if state[2] + need > table_limit:
-                state[3] = need
-                return i
             # the root mwatershed's union by rank picks
             id_a, id_b = a_rec[_MW_ID], b_rec[_MW_ID]
             rank_a, rank_b = a_rec[_MW_RANK], b_rec[_MW_RANK]
@@ -368,45 +367,67 @@ def _agglomerate(
                 a_rec[_SEED] = b_rec[_SEED]
             a_rec[_MW_ID] = new_id
             a_rec[_MW_RANK] = new_rank
-            entry = b_rec[_HEAD]
-            while entry >= 0:
-                row = pool[entry]
-                following = row[_NEXT]
-                other = _find(parent, row[_PARTNER])
+            _reserve(arena, state, a_rec, b_rec[_LENGTH])
+            w = a_rec[_START] + a_rec[_LENGTH]
+            first = b_rec[_START]
+            for k in range(first, first + b_rec[_LENGTH]):
+                other = _find(parent, arena[k])
                 # the pair (rv, other) stays behind as garbage: rv is no
-                # root any more, and `_rehash` drops it
+                # root any more, and `_live_pairs` drops it
                 if _insert(table, _pair(ru, other)):
                     state[2] += 1
-                    row[_PARTNER] = other
-                    row[_NEXT] = a_rec[_HEAD]
-                    a_rec[_HEAD] = entry
-                    a_rec[_LENGTH] += 1
-                else:
-                    row[_NEXT] = state[1]
-                    state[1] = entry
-                entry = following
-            b_rec[_HEAD] = -1
+                    arena[w] = other
+                    w += 1
+            a_rec[_LENGTH] = w - a_rec[_START]
             b_rec[_LENGTH] = 0
+            b_rec[_CAPACITY] = 0
         else:
             _insert(table, pair)
             state[2] += 1
-            _add_partner(pool, state, a_rec, rv)
-            _add_partner(pool, state, b_rec, ru)
+            _reserve(arena, state, a_rec, 1)
+            arena[a_rec[_START] + a_rec[_LENGTH]] = rv
+            a_rec[_LENGTH] += 1
+            _reserve(arena, state, b_rec, 1)
+            arena[b_rec[_START] + b_rec[_LENGTH]] = ru
+            b_rec[_LENGTH] += 1
     return n
 
 
 @njit(cache=True, inline="always")
-def _add_partner(pool, state, record, other):
-    if state[1] >= 0:
-        entry = state[1]
-        state[1] = pool[entry, _NEXT]
-    else:
-        entry = state[0]
-        state[0] += 1
-    pool[entry, _PARTNER] = other
-    pool[entry, _NEXT] = record[_HEAD]
-    record[_HEAD] = entry
-    record[_LENGTH] += 1
+def _reserve(arena, state, record, extra):
+    """Room for ``extra`` more partners in ``record``'s list: moved to the
+    top of the arena, at twice the size, if it is full."""
+    length = record[_LENGTH]
+    if length + extra <= record[_CAPACITY]:
+        return
+    capacity = max(4, 2 * (length + extra))
+    top = state[0]
+    first = record[_START]
+    for k in range(length):
+        arena[top + k] = arena[first + k]
+    record[_START] = top
+    record[_CAPACITY] = capacity
+    state[0] = top + capacity
+
+
+@njit(cache=True)
+def _compact(parent, root, arena, new_arena):
+    """Copy the partner lists of the current roots to ``new_arena`` (left
+    behind: lists of merged clusters and their spare room). Returns the
+    arena used."""
+    top = 0
+    for r in range(parent.size):
+        record = root[r]
+        length = record[_LENGTH]
+        if parent[r] != r or length == 0:
+            continue
+        first = record[_START]
+        for k in range(length):
+            new_arena[top + k] = arena[first + k]
+        record[_START] = top
+        record[_CAPACITY] = length
+        top += length
+    return top
 
 
 @njit(cache=True)
@@ -538,13 +559,12 @@ def _run(
     root = np.zeros((nvox, _RECORD), dtype=np.int32)
     root[:, _SIZE] = 1
     root[:, _MW_ID] = parent
-    root[:, _HEAD] = -1
     seed_values = np.zeros(1, dtype=np.uint64)
     if seeds is not None:
         seed_values = _start_seeded(seeds, spatial, parent, root)
-    pool = np.empty((max(1024, nvox), 2), dtype=np.int32)
+    arena = np.empty(max(1024, 4 * nvox), dtype=np.int32)
     table = np.zeros(max(_MIN_TABLE, 1 << int(nvox).bit_length()), dtype=np.uint64)
-    state = np.array([0, -1, 0, 0], dtype=np.int64)
+    state = np.zeros(5, dtype=np.int64)
     steps = offset_array[:, 0] * shape[1] * shape[2]
     steps += offset_array[:, 1] * shape[2] + offset_array[:, 2]
 
@@ -560,7 +580,7 @@ def _run(
             steps,
             parent,
             root,
-            pool,
+            arena,
             table,
             state,
         )
@@ -577,9 +597,16 @@ def _run(
             _fill(table, live)
             state[2] = live.size
             del live
-        if state[0] + 2 > pool.shape[0]:
-            pool = np.concatenate([pool, np.empty_like(pool)])
-    del keys, order, table, pool
+        if state[0] + state[4] > arena.size:
+            # keep the lists of the current roots only; at most a quarter full
+            used = int(root[:, _LENGTH].sum())
+            size = arena.size
+            while 4 * (used + state[4]) > size:
+                size *= 2
+            compacted = np.empty(size, dtype=np.int32)
+            state[0] = _compact(parent, root, arena, compacted)
+            arena = compacted
+    del keys, order, table, arena
 
     out = np.empty(nvox, dtype=np.uint64)
     _labels(parent, root, seed_values, touched, out)
