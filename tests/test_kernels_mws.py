@@ -181,12 +181,13 @@ def test_noise_is_deterministic_by_seed_and_sigma_keeps_the_split():
 
 
 def test_strides_drop_long_range_repulsion():
-    # Along x: attractive direct edges (0.8 after bias) and repulsive edges
-    # to x+2 (-0.9, so they are processed first). With every long-range edge,
-    # 0-2, 1-3 and 2-4 are mutex: {0,1} {2,3} {4}. A stride of 9 keeps only
-    # the long-range edge at x=0 (0-2): {0,1} {2,3,4}.
+    # Along x: attractive direct edges (0.8, 0.75, 0.7, 0.65 after bias:
+    # taken from left to right) and repulsive edges to x+2 (-0.9, so they
+    # are processed first). With every long-range edge, 0-2, 1-3 and 2-4
+    # are mutex: {0,1} {2,3} {4}. A stride of 9 keeps only the long-range
+    # edge at x=0 (0-2): {0,1} {2,3,4}.
     affs = np.zeros((2, 1, 1, 5))
-    affs[0] = 1.0
+    affs[0, 0, 0, :4] = [1.0, 0.95, 0.9, 0.85]
     neighborhood = [(0, 0, 1), (0, 0, 2)]
     every = mutex_watershed(affs, neighborhood, [-0.2, -0.9])
     strided = mutex_watershed(
