@@ -49,7 +49,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -61,6 +60,7 @@ import torch
 import zarr
 from common import TreeMemory, interleaved, print_json, ratio, rss_bytes, timed
 from funlib.geometry import Coordinate
+from yardstick import sample_data
 
 VOXEL_SIZE = (8, 8, 8)
 INPUT_SHAPE = Coordinate(56, 112, 112)
@@ -131,10 +131,6 @@ def save_network(path: Path) -> int:
 def sample_raw(workdir: Path, shape: tuple[int, ...]) -> Path:
     """Generated raw data (uint8, chunked like the output blocks), written
     once per shape; the path of its ``raw`` array."""
-    from volara.sample_data import generate_sample_data
-
-    container = workdir / "data" / "sample.zarr"
-    marker = workdir / "data" / "parameters.json"
     parameters = dict(
         shape=list(shape),
         voxel_size=list(VOXEL_SIZE),
@@ -145,13 +141,7 @@ def sample_raw(workdir: Path, shape: tuple[int, ...]) -> Path:
         raw=True,
         chunk_shape=list(OUTPUT_SHAPE),
     )
-    wanted = json.dumps(parameters, sort_keys=True)
-    if not marker.exists() or marker.read_text() != wanted:
-        if container.exists():
-            shutil.rmtree(container)
-        generate_sample_data(container, **parameters)
-        marker.write_text(wanted)
-    return container / "raw"
+    return sample_data(workdir, **parameters) / "raw"
 
 
 def make_task(raw: Path, model: Path, output: Path, workers: int, cache_workers):
