@@ -36,21 +36,26 @@ ids included (the root mwatershed's union by rank would pick is tracked
 alongside our own union-find), for 1 to 3 spatial axes, any offsets (also
 negative, also longer than the array), seeds and strides. What differs:
 
-* Ties are taken in an order fixed by each edge's place in the whole
-  volume: of equal ``|w|``, repulsive edges first, then by a 21-bit hash of
-  (global voxel coordinate, channel), then by (channel, global coordinate)
-  in C order. ``origin`` is the global coordinate of the array's first
-  voxel, so a crop of a volume orders its tied edges as the volume does.
+* Ties: mwatershed sorts the edges, generated channel by channel and in C
+  order within a channel, with an unstable sort, so tied edges come out
+  mostly, but not always, in that order; which ones move depends on the
+  array's extent. Here tied edges are taken in exactly that order: by
+  channel, repulsive before attractive, then by position (C order). For a
+  crop of a volume the order of positions is the volume's (C order of
+  global coordinates), so a block takes its tied edges as the whole volume
+  does. Where mwatershed's sort happens to keep the generated order (e.g.
+  affinities clipped to 0 and 1 under two bias values), the output is
+  mwatershed's; where it reorders (many distinct tied values), it is not.
 * ``strides`` are counted from the global coordinate (``origin + p``);
   with ``origin`` at zeros (the default) that is mwatershed's rule.
-* ``randomized_strides`` keeps an edge if a second hash of its global
+* ``randomized_strides`` keeps an edge if a hash of its global
   position and channel falls below ``1/prod(stride)``: deterministic, and
   the same for an edge in every crop.
 
 How: one uint64 sort key per edge (the inverted bits of ``|w|``, the
-attractive flag, the tie hash) sorted by an LSD radix sort whose stability
-supplies the last tie key; float64 weights sort twice (tie hash, then the
-full 64-bit ``|w|`` key), unless every weight is exactly a float32. A flat
+channel, the attractive flag) sorted by an LSD radix sort whose stability
+supplies the position; float64 weights sort twice (channel and flag, then
+the full 64-bit ``|w|`` key), unless every weight is exactly a float32. A flat
 union-find (path halving, union by size); mutex constraints as one
 open-addressing hash set of cluster-key pairs plus per-cluster partner
 lists, re-keyed from the shorter list into the longer one on a merge.
@@ -64,16 +69,15 @@ import numpy as np
 from numba import njit
 
 _DIGIT_BITS = 11
-_HASH_BITS = 21
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-# per-axis and per-channel multipliers of the position hash (odd constants)
+# per-axis and per-channel multipliers of the randomized-strides hash (odd
+# constants)
 _AXIS_MULTIPLIERS = np.array(
     [0xD6E8FEB86659FD93, 0xA0761D6478BD642F, 0xE7037ED1A0B428DB, 0x8EBC6AF09C88C6E3],
     dtype=np.uint64,
 )
-_TIE_SALT = 0x243F6A8885A308D3
 _STRIDE_SALT = 0x13198A2E03707344
 
 
@@ -94,7 +98,7 @@ def _edge_keys(
     strides,
     origin,
     randomized,
-    tie_salt,
+    channel_bits,
     wide,
     keys,
     order,
@@ -105,11 +109,13 @@ def _edge_keys(
     ``touched``. Returns the number of edges.
 
     ``bits``: the weights viewed as unsigned integers, ``(channels, voxels)``.
-    Narrow (float32) keys hold everything; wide (float64) keys only the tie
-    hash, the ``|w|`` key follows in `_wide_keys`."""
+    Narrow (float32) keys are the inverted ``|w|`` bits, the channel and the
+    attractive flag (lowest bit); wide (float64) keys hold only the channel
+    and the flag here, the ``|w|`` key follows in `_wide_keys`."""
     sign_shift = np.uint64(bits.itemsize * 8 - 1)
     abs_mask = (np.uint64(1) << sign_shift) - np.uint64(1)
-    hash_shift = np.uint64(64 - _HASH_BITS)
+    channel_shift = np.uint64(1)
+    magnitude_shift = np.uint64(channel_bits + 1)
     nz, ny, nx = shape[0], shape[1], shape[2]
     nvox = nz * ny * nx
     m = _AXIS_MULTIPLIERS
@@ -121,7 +127,7 @@ def _edge_keys(
         threshold = np.uint64(0)
         if randomized:
             threshold = np.uint64((1 << 32) // (sz * sy * sx))
-        base_c = np.uint64(tie_salt) + np.uint64(c) * m[0]
+        channel = np.uint64(c) << channel_shift
         base_s = np.uint64(_STRIDE_SALT) + np.uint64(c) * m[0]
         for z in range(max(0, -oz), min(nz, nz - oz)):
             gz = origin[0] + z
@@ -148,15 +154,10 @@ def _edge_keys(
                     if magnitude == 0:
                         continue  # w == 0 changes nothing (see the docstring)
                     attractive = (b >> sign_shift) == 0
-                    tie = _mix(base_c + position) >> hash_shift
-                    if wide:
-                        keys[n] = tie
-                    else:
-                        keys[n] = (
-                            ((abs_mask - magnitude) << np.uint64(_HASH_BITS + 1))
-                            | (np.uint64(attractive) << np.uint64(_HASH_BITS))
-                            | tie
-                        )
+                    key = channel | np.uint64(attractive)
+                    if not wide:
+                        key |= (abs_mask - magnitude) << magnitude_shift
+                    keys[n] = key
                     order[n] = c * nvox + p
                     if attractive:
                         touched[p] = True
@@ -167,8 +168,9 @@ def _edge_keys(
 
 @njit(cache=True)
 def _wide_keys(bits, order, keys, n):
-    """The 64-bit key of float64 weights: inverted ``|w|`` bits, then the
-    attractive flag (lowest bit), for the edges in ``order``."""
+    """The 64-bit key of float64 weights: inverted ``|w|`` bits above the
+    attractive flag (lowest bit, not sorted on: the edges are in channel and
+    flag order already), for the edges in ``order``."""
     flat = bits.ravel()
     abs_mask = np.uint64(0x7FFFFFFFFFFFFFFF)
     for i in range(n):
@@ -179,18 +181,19 @@ def _wide_keys(bits, order, keys, n):
 
 
 @njit(cache=True)
-def _radix_sort(keys, order, keys_tmp, order_tmp, n, nbits):
-    """Stable LSD radix sort of ``keys[:n]`` (lowest ``nbits`` bits),
-    carrying ``order``; digits on which all keys agree are skipped.
-    Returns whether the sorted result is in the ``_tmp`` arrays."""
+def _radix_sort(keys, order, keys_tmp, order_tmp, n, low, high):
+    """Stable LSD radix sort of ``keys[:n]`` by their bits ``low`` to
+    ``high`` (exclusive), carrying ``order``; digits on which all keys agree
+    are skipped. Returns whether the sorted result is in the ``_tmp``
+    arrays."""
     radix = 1 << _DIGIT_BITS
     digit_mask = np.uint64(radix - 1)
-    passes = (nbits + _DIGIT_BITS - 1) // _DIGIT_BITS
+    passes = (high - low + _DIGIT_BITS - 1) // _DIGIT_BITS
     counts = np.zeros((passes, radix), dtype=np.int64)
     for i in range(n):
         k = keys[i]
         for d in range(passes):
-            counts[d, (k >> np.uint64(d * _DIGIT_BITS)) & digit_mask] += 1
+            counts[d, (k >> np.uint64(low + d * _DIGIT_BITS)) & digit_mask] += 1
     swapped = False
     starts = np.empty(radix, dtype=np.int64)
     for d in range(passes):
@@ -200,7 +203,7 @@ def _radix_sort(keys, order, keys_tmp, order_tmp, n, nbits):
         for r in range(radix):
             starts[r] = total
             total += counts[d, r]
-        shift = np.uint64(d * _DIGIT_BITS)
+        shift = np.uint64(low + d * _DIGIT_BITS)
         if swapped:
             _scatter(keys_tmp, order_tmp, keys, order, n, starts, shift, digit_mask)
         else:
@@ -299,9 +302,7 @@ _MIN_TABLE = 1 << 12
 
 
 @njit(cache=True)
-def _agglomerate(
-    keys, order, start, n, flag_shift, nvox, steps, parent, root, arena, table, state
-):
+def _agglomerate(keys, order, start, n, nvox, steps, parent, root, arena, table, state):
     """Mutex watershed over the sorted edges ``start..n``. Returns where it
     stopped: ``n``, or earlier when the pair table or the partner arena
     needs room first (``state[3]``, ``state[4]``: how much).
@@ -315,7 +316,6 @@ def _agglomerate(
     ``state``: arena used, (unused), pairs in the table (live or left
     behind by merges), room needed in the table and in the arena."""
     table_limit = table.size // 2
-    flag = np.uint64(flag_shift)
     one = np.uint64(1)
     for i in range(start, n):
         e = np.int64(order[i])
@@ -338,7 +338,7 @@ def _agglomerate(
             state[3] = need
             state[4] = room
             return i
-        if (keys[i] >> flag) & one:
+        if keys[i] & one:  # the attractive flag
             su = a_rec[_SEED]
             sv = b_rec[_SEED]
             if su != 0 and sv != 0 and su != sv:
@@ -491,10 +491,8 @@ def _run(
     strides: Sequence[Sequence[int]] | None = None,
     randomized_strides: bool = False,
     origin: Sequence[int] | None = None,
-    tie_salt: int = _TIE_SALT,
 ) -> np.ndarray:
-    """`agglom` without the float64-to-float32 shortcut; ``tie_salt`` picks
-    another tie order (for tests)."""
+    """`agglom` without the float64-to-float32 shortcut."""
     weights = np.ascontiguousarray(weights)
     if weights.dtype not in (np.float32, np.float64):
         raise TypeError(f"weights must be float32 or float64, not {weights.dtype}")
@@ -525,6 +523,7 @@ def _run(
     wide = weights.dtype == np.float64
     bits = weights.reshape(channels, nvox).view(np.uint64 if wide else np.uint32)
 
+    channel_bits = max(1, (channels - 1).bit_length())
     capacity = channels * nvox
     keys = np.empty(capacity, dtype=np.uint64)
     order = np.empty(capacity, dtype=np.uint32)
@@ -536,7 +535,7 @@ def _run(
         stride_array,
         origin_array,
         bool(randomized_strides),
-        np.uint64(tie_salt % 2**64),
+        channel_bits,
         wide,
         keys,
         order,
@@ -544,14 +543,16 @@ def _run(
     )
     keys_tmp = np.empty(n, dtype=np.uint64)
     order_tmp = np.empty(n, dtype=np.uint32)
+    flag_bits = channel_bits + 1
     if wide:
-        if _radix_sort(keys, order, keys_tmp, order_tmp, n, _HASH_BITS):
+        # (channel, flag) first, then |w| (bits 1 to 64) on top, stably
+        if _radix_sort(keys, order, keys_tmp, order_tmp, n, 0, flag_bits):
             keys, keys_tmp, order, order_tmp = keys_tmp, keys, order_tmp, order
         _wide_keys(bits, order, keys, n)
-        nbits, flag_shift = 64, 0
+        low, high = 1, 64
     else:
-        nbits, flag_shift = 31 + 1 + _HASH_BITS, _HASH_BITS
-    if _radix_sort(keys, order, keys_tmp, order_tmp, n, nbits):
+        low, high = 0, 31 + flag_bits
+    if _radix_sort(keys, order, keys_tmp, order_tmp, n, low, high):
         keys, order = keys_tmp, order_tmp
     del keys_tmp, order_tmp
 
@@ -575,7 +576,6 @@ def _run(
             order,
             start,
             n,
-            flag_shift,
             nvox,
             steps,
             parent,
