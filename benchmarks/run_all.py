@@ -28,6 +28,7 @@ SUITE = [
     "scaling.py",
     "predict.py",
     "evaluate.py",
+    "mws_kernel.py",
 ]
 
 
