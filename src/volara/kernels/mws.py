@@ -244,31 +244,29 @@ def _pair(a, b):
 
 
 @njit(cache=True, inline="always")
-def _contains(table, pair):
+def _probe(table, pair):
+    """The slot of ``pair`` in ``table``, or the empty slot where it would
+    go (linear probing)."""
     mask = table.size - 1
     i = _slot(pair, mask)
-    while True:
-        v = table[i]
-        if v == pair:
-            return True
-        if v == 0:
-            return False
+    while table[i] != pair and table[i] != 0:
         i = (i + 1) & mask
+    return i
+
+
+@njit(cache=True, inline="always")
+def _contains(table, pair):
+    return table[_probe(table, pair)] == pair
 
 
 @njit(cache=True, inline="always")
 def _insert(table, pair):
     """Add ``pair``; False if it was there already."""
-    mask = table.size - 1
-    i = _slot(pair, mask)
-    while True:
-        v = table[i]
-        if v == pair:
-            return False
-        if v == 0:
-            table[i] = pair
-            return True
-        i = (i + 1) & mask
+    i = _probe(table, pair)
+    if table[i] == pair:
+        return False
+    table[i] = pair
+    return True
 
 
 @njit(cache=True)
