@@ -141,18 +141,18 @@ class Predict(BlockwiseTask):
     def out_channels(self) -> list[int]:
         """Channels of each output; an output of ``None`` channels has as
         many as the input."""
+        return self._out_channels(self.in_channels)
+
+    def _out_channels(self, in_channels: int) -> list[int]:
         return [
-            self.in_channels if channels is None else channels
+            in_channels if channels is None else channels
             for channels in self.checkpoint.num_out_channels
         ]
 
     @property
     def in_channels(self) -> int:
         """Channels of `in_data` as the network sees them."""
-        array = self.in_data.array("r")
-        return (
-            1 if array.channel_dims == 0 else int(array.shape[array.channel_dims - 1])
-        )
+        return network_channels(self.in_data.array("r"))
 
     # ------------------------------------------------------------- checks
 
@@ -160,9 +160,10 @@ class Predict(BlockwiseTask):
         self.checkpoint.check_files("Predict.checkpoint")
         array = self.in_data.array("r")
         self._check_input(array)
-        self._check_outputs()
+        out_channels = self._out_channels(network_channels(array))
+        self._check_outputs(out_channels)
         self._check_context()
-        self._check_network(array)
+        self._check_network(array, out_channels)
 
     def _check_input(self, array: Array) -> None:
         dims = self.checkpoint.min_input_shape.dims
@@ -178,10 +179,11 @@ class Predict(BlockwiseTask):
                 "channel axes; the network takes (batch, channels, ...) at most. "
                 "Select channels with in_data.channels."
             )
-        if self.in_channels != self.checkpoint.in_channels:
+        channels = network_channels(array)
+        if channels != self.checkpoint.in_channels:
             raise ValueError(
                 f"Predict.in_data: {self.in_data.store!s} gives the network "
-                f"{self.in_channels} channel(s), but checkpoint.in_channels is "
+                f"{channels} channel(s), but checkpoint.in_channels is "
                 f"{self.checkpoint.in_channels}. Select channels with "
                 "in_data.channels, or fix in_channels."
             )
@@ -199,7 +201,7 @@ class Predict(BlockwiseTask):
                 f"Predict.roi has {self.roi.dims} dimensions; the data has {dims}"
             )
 
-    def _check_outputs(self) -> None:
+    def _check_outputs(self, out_channels: list[int]) -> None:
         outputs = len(self.checkpoint.num_out_channels)
         if len(self.out_data) != outputs:
             raise ValueError(
@@ -208,7 +210,7 @@ class Predict(BlockwiseTask):
                 "give one array (or None to skip it) per output"
             )
         for index, (dataset, channels) in enumerate(
-            zip(self.out_data, self.out_channels, strict=True)
+            zip(self.out_data, out_channels, strict=True)
         ):
             if (
                 isinstance(dataset, Affs)
@@ -233,11 +235,11 @@ class Predict(BlockwiseTask):
                 "(voxels)"
             )
 
-    def _check_network(self, array: Array) -> None:
+    def _check_network(self, array: Array, out_channels: list[int]) -> None:
         """Run the network once on zeros of its smallest input and compare
         what it returns with the checkpoint's description."""
         torch = import_torch()
-        shape = (1, self.in_channels, *self.checkpoint.min_input_shape)
+        shape = (1, network_channels(array), *self.checkpoint.min_input_shape)
         network = self.checkpoint.model().eval()
         zeros = np.zeros(shape, dtype=array.dtype)
         try:
@@ -250,7 +252,7 @@ class Predict(BlockwiseTask):
             ) from e
         check_outputs(
             outputs,
-            self.out_channels,
+            out_channels,
             self.checkpoint.min_output_shape,
             "checkpoint.min_output_shape",
         )
@@ -265,7 +267,8 @@ class Predict(BlockwiseTask):
         before a run)."""
         template = self.in_data.array("r")
         chunk = self.checkpoint.eval_output_shape
-        for dataset, channels in zip(self.out_data, self.out_channels, strict=True):
+        out_channels = self._out_channels(network_channels(template))
+        for dataset, channels in zip(self.out_data, out_channels, strict=True):
             if dataset is None:
                 continue
             prepare_like(
@@ -291,6 +294,8 @@ class Predict(BlockwiseTask):
             None if dataset is None else dataset.array("r+")
             for dataset in self.out_data
         ]
+        out_channels = self._out_channels(network_channels(in_array))
+        output_shape = self.checkpoint.eval_output_shape
         network_lock = threading.Lock()
         logger.info("Predict: running %s on %s", self.checkpoint.save_path, device)
 
@@ -303,8 +308,8 @@ class Predict(BlockwiseTask):
                 outputs = run_network(torch, network, batch, device)
             check_outputs(
                 outputs,
-                self.out_channels,
-                self.checkpoint.eval_output_shape,
+                out_channels,
+                output_shape,
                 "checkpoint.min_output_shape + pred_size_growth",
             )
             for output, array in zip(outputs, out_arrays, strict=False):
@@ -326,6 +331,12 @@ class Predict(BlockwiseTask):
         """What is stored for network outputs: uint8, `TorchModel.out_range`
         mapped to 0..255."""
         return self.checkpoint.to_uint8(output)
+
+
+def network_channels(array: Array) -> int:
+    """Channels of ``array`` as the network sees them: the last channel
+    axis (a first one is the batch), 1 without channel axes."""
+    return 1 if array.channel_dims == 0 else int(array.shape[array.channel_dims - 1])
 
 
 def select_device(torch: Any) -> str:
