@@ -11,9 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import numpy as np
-import zarr
-
 from .blockwise.blockwise import BlockwiseTask, count_blocks
 from .blockwise.pipeline import Pipeline
 
@@ -53,23 +50,11 @@ def task_status(task: BlockwiseTask) -> TaskStatus:
         task=task.task_name,
         task_type=str(getattr(task, "task_type", type(task).__name__)),
         blocks=blocks,
-        done=done_blocks(task),
+        # without its inputs a task has run no block
+        done=task.done_block_count() if blocks is not None else 0,
         failed=len(failed),
         failed_blocks=[str(roi) for roi in failed],
     )
-
-
-def done_blocks(task: BlockwiseTask) -> int:
-    """How many blocks the task's tracking records as done (0 before its
-    first run)."""
-    done = task.block_ds / "done"
-    if not (done / "zarr.json").exists():
-        return 0
-    try:
-        return int(np.count_nonzero(zarr.open_array(str(done), mode="r")[...]))
-    except FileNotFoundError:
-        # daisy creates the chunk with the first finished block
-        return 0
 
 
 def status_as_dict(statuses: list[TaskStatus]) -> dict[str, Any]:

@@ -388,6 +388,11 @@ class BlockwiseTask(StrictBaseModel, ABC):
                 "the outputs)."
             ) from e
 
+    def done_block_count(self) -> int:
+        """How many blocks the block tracking records as finished; safe to
+        call while a run goes on."""
+        return _DoneMarkers(self.block_ds, self.write_roi, self.write_size).count_done()
+
     def failed_blocks(self) -> list[Roi]:
         """Write regions (world units) of the blocks recorded as failed and
         not done since: those whose every attempt raised or timed out. The
@@ -689,6 +694,16 @@ class _DoneMarkers:
 
     def exists(self) -> bool:
         return (self.path / "zarr.json").exists()
+
+    def count_done(self) -> int:
+        """How many blocks are marked done (0 before the first run)."""
+        if not self.exists():
+            return 0
+        try:
+            return int(np.count_nonzero(zarr.open_array(str(self.path), mode="r")[...]))
+        except FileNotFoundError:
+            # daisy creates the chunk with the first finished block
+            return 0
 
     def is_done(self, block: daisy.Block) -> bool:
         array, offset = self._locate(block, "r")
