@@ -10,6 +10,7 @@ larger than memory is scored block by block: `block_contingency` per block,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from skimage.metrics import adapted_rand_error, variation_of_information
@@ -58,6 +59,34 @@ class Contingency:
 
     def __len__(self) -> int:
         return len(self.counts)
+
+    @cached_property
+    def truth_groups(self) -> Groups:
+        """The pairs grouped by truth object."""
+        return Groups.of(self.truths, self.counts)
+
+    @cached_property
+    def segment_groups(self) -> Groups:
+        """The pairs grouped by segment."""
+        return Groups.of(self.segments, self.counts)
+
+
+@dataclass
+class Groups:
+    """Pairs of a `Contingency` grouped by one of their ids."""
+
+    ids: np.ndarray
+    """The distinct ids, sorted."""
+    inverse: np.ndarray
+    """Each pair's index into `ids`."""
+    voxels: np.ndarray
+    """Voxels of each id (float64: squared sums must not overflow)."""
+
+    @classmethod
+    def of(cls, ids: np.ndarray, counts: np.ndarray) -> Groups:
+        unique, inverse = np.unique(ids, return_inverse=True)
+        voxels = np.bincount(inverse, weights=counts, minlength=len(unique))
+        return cls(unique, inverse, voxels.astype(np.float64))
 
 
 def block_contingency(
@@ -138,8 +167,8 @@ def contingency_scores(table: Contingency) -> dict[str, float]:
         }
     split_terms, merge_terms = _entropy_terms(table)
     counts = table.counts.astype(np.float64)
-    truth_sizes = _group_sums(table.truths, counts)
-    segment_sizes = _group_sums(table.segments, counts)
+    truth_sizes = table.truth_groups.voxels
+    segment_sizes = table.segment_groups.voxels
     # pairs of voxels that share a segment / a truth object / both
     shared = counts @ counts - total
     same_truth = truth_sizes @ truth_sizes - total
@@ -158,22 +187,12 @@ def _entropy_terms(table: Contingency) -> tuple[np.ndarray, np.ndarray]:
     """Each pair's share of H(segment | truth) (splits) and of
     H(truth | segment) (merges), in bits."""
     counts = table.counts.astype(np.float64)
-    total = counts.sum()
-    p = counts / total
-    truth_p = _per_row(table.truths, p)
-    segment_p = _per_row(table.segments, p)
-    return -p * np.log2(p / truth_p), -p * np.log2(p / segment_p)
-
-
-def _per_row(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """For each row, the sum of ``values`` over the rows with its id."""
-    unique, inverse = np.unique(ids, return_inverse=True)
-    return np.bincount(inverse, weights=values, minlength=len(unique))[inverse]
-
-
-def _group_sums(ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    _, inverse = np.unique(ids, return_inverse=True)
-    return np.bincount(inverse, weights=values)
+    p = counts / counts.sum()
+    truths, segments = table.truth_groups, table.segment_groups
+    return (
+        -p * np.log2(counts / truths.voxels[truths.inverse]),
+        -p * np.log2(counts / segments.voxels[segments.inverse]),
+    )
 
 
 @dataclass
@@ -196,22 +215,21 @@ class Culprit:
 def worst_splits(table: Contingency, count: int) -> list[Culprit]:
     """The ``count`` truth objects that contribute the most to VOI split."""
     split_terms, _ = _entropy_terms(table)
-    return _worst(table.truths, split_terms, table, count)
+    return _worst(table.truth_groups, split_terms, table, count)
 
 
 def worst_merges(table: Contingency, count: int) -> list[Culprit]:
     """The ``count`` segments that contribute the most to VOI merge."""
     _, merge_terms = _entropy_terms(table)
-    return _worst(table.segments, merge_terms, table, count)
+    return _worst(table.segment_groups, merge_terms, table, count)
 
 
 def _worst(
-    ids: np.ndarray, terms: np.ndarray, table: Contingency, count: int
+    groups: Groups, terms: np.ndarray, table: Contingency, count: int
 ) -> list[Culprit]:
-    unique, inverse = np.unique(ids, return_inverse=True)
+    unique, inverse, voxels = groups.ids, groups.inverse, groups.voxels
     voi = np.bincount(inverse, weights=terms, minlength=len(unique))
     pieces = np.bincount(inverse, minlength=len(unique))
-    voxels = np.bincount(inverse, weights=table.counts, minlength=len(unique))
     culprits = []
     for group in np.argsort(-voi, kind="stable")[:count]:
         if pieces[group] < 2:
