@@ -209,7 +209,7 @@ def run(config: Path, serial: bool, dry_run: bool, log_dir: Path | None) -> None
     incomplete = {
         name: state
         for name, state in states.items()
-        if state.completed_count != state.total_block_count
+        if not state.finished
     }
     if incomplete:
         for name, state in incomplete.items():

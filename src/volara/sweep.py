@@ -357,7 +357,7 @@ def _run(pipeline_config: dict[str, Any], multiprocessing: bool) -> None:
     incomplete = [
         f"{name}: {state.failed_count} failed, {state.orphaned_count} orphaned"
         for name, state in states.items()
-        if state.completed_count != state.total_block_count
+        if not state.finished
     ]
     if incomplete:
         raise RuntimeError("sweep: blocks did not finish: " + "; ".join(incomplete))

@@ -363,7 +363,7 @@ def run_benchmark(
             volara_logging.ensure_daisy_log_basedir()
             summary = recorder.print_report(out_dir)
     for name, result in results.items():
-        if result.completed_count != result.total_block_count:
+        if not result.finished:
             logger.warning(
                 "benchmark %s: %d of %d blocks failed or did not run; their "
                 "stages are missing from the report (first error: %s)",

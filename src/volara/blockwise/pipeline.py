@@ -216,6 +216,11 @@ class TaskResult:
         """Write regions (world units) of the blocks that failed for good;
         see `BlockwiseTask.failed_blocks`."""
 
+    @property
+    def finished(self) -> bool:
+        """Whether every block of the task is done (run now or earlier)."""
+        return self.state.completed_count == self.state.total_block_count
+
     def __getattr__(self, name: str) -> Any:
         if name == "state":  # not set yet (e.g. while unpickling)
             raise AttributeError(name)
