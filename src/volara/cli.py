@@ -206,11 +206,7 @@ def run(config: Path, serial: bool, dry_run: bool, log_dir: Path | None) -> None
         # daisy gives a task up when its workers keep dying (see the worker
         # logs in the log directory)
         raise click.ClickException(f"{config}: {e}") from e
-    incomplete = {
-        name: state
-        for name, state in states.items()
-        if not state.finished
-    }
+    incomplete = {name: state for name, state in states.items() if not state.finished}
     if incomplete:
         for name, state in incomplete.items():
             click.echo(
@@ -377,6 +373,7 @@ def evaluate(
     """Score SEGMENTATION against GROUND_TRUTH (zarr label arrays on the same
     grid): VOI split and merge (bits) and adapted Rand error, block by block,
     ignoring voxels where the ground truth (or the mask) is 0."""
+    from .evaluate import describe_evaluation
     from .evaluate import evaluate as evaluate_segmentation
 
     try:
@@ -390,28 +387,6 @@ def evaluate(
         return
     for line in describe_evaluation(result):
         click.echo(line)
-
-
-def describe_evaluation(result) -> list[str]:
-    """The scores, and where the worst errors are, as lines of text."""
-    lines = [
-        f"VOI split {result.voi_split:.4f}  merge {result.voi_merge:.4f}  "
-        f"total {result.voi:.4f}  (bits, lower is better)",
-        f"adapted Rand error {result.arand:.4f}  (0 is perfect)",
-        f"{result.voxels} voxels counted: {result.truth_objects} ground-truth "
-        f"objects, {result.segments} segments, {result.blocks} blocks",
-    ]
-    for title, culprits, pieces in [
-        ("ground-truth objects split the most", result.worst_splits, "segments"),
-        ("segments merging the most", result.worst_merges, "ground-truth objects"),
-    ]:
-        lines.append(f"{title}:" if culprits else f"{title}: none")
-        lines += [
-            f"  id {c['id']}: {c['voxels']} voxels in {c['pieces']} {pieces}, "
-            f"VOI {c['voi']:.4f}; look at {tuple(c['position'])} (world units)"
-            for c in culprits
-        ]
-    return lines
 
 
 @cli.command("demo")

@@ -113,6 +113,28 @@ def evaluate(
     )
 
 
+def describe_evaluation(result: Evaluation) -> list[str]:
+    """The scores, and where the worst errors are, as lines of text."""
+    lines = [
+        f"VOI split {result.voi_split:.4f}  merge {result.voi_merge:.4f}  "
+        f"total {result.voi:.4f}  (bits, lower is better)",
+        f"adapted Rand error {result.arand:.4f}  (0 is perfect)",
+        f"{result.voxels} voxels counted: {result.truth_objects} ground-truth "
+        f"objects, {result.segments} segments, {result.blocks} blocks",
+    ]
+    for title, culprits, pieces in [
+        ("ground-truth objects split the most", result.worst_splits, "segments"),
+        ("segments merging the most", result.worst_merges, "ground-truth objects"),
+    ]:
+        lines.append(f"{title}:" if culprits else f"{title}: none")
+        lines += [
+            f"  id {c['id']}: {c['voxels']} voxels in {c['pieces']} {pieces}, "
+            f"VOI {c['voi']:.4f}; look at {tuple(c['position'])} (world units)"
+            for c in culprits
+        ]
+    return lines
+
+
 def open_labels(source: Dataset | Path | str, what: str) -> Array:
     """Open a label array, or say which input is missing."""
     if isinstance(source, Dataset):
