@@ -146,7 +146,10 @@ def _end_like(status: int) -> None:
     if status < 0:
         sys.stdout.flush()
         sys.stderr.flush()
-        signal.signal(-status, signal.SIG_DFL)
+        if -status not in (signal.SIGKILL, signal.SIGSTOP):
+            # a handler of ours must not catch it; SIGKILL and SIGSTOP
+            # cannot be caught (and setting their handler raises)
+            signal.signal(-status, signal.SIG_DFL)
         os.kill(os.getpid(), -status)
         status = 128 - status
     raise SystemExit(status)
