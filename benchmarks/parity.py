@@ -205,6 +205,39 @@ DATASETS: list[dict[str, Any]] = [
         ),
     },
     {
+        "name": "aniso-cells-noise0.3-tie-free",
+        "about": "aniso-cells-noise0.3 without equal affinities (float64)",
+        "data": dict(
+            shape=(30, 128, 128),
+            num_cells=100,
+            noise=0.3,
+            seed=2,
+            affs_dtype="float64",
+            **ANISOTROPIC,
+        ),
+        "task": dict(pipeline="segmentation", **ANISOTROPIC_TASK),
+    },
+    {
+        "name": "iso-neurites-debris-tie-free",
+        "about": "iso-neurites-debris without equal affinities (float64)",
+        "ci": True,
+        "data": dict(
+            shape=(40, 80, 80),
+            num_cells=30,
+            noise=0.25,
+            seed=7,
+            objects="neurites",
+            membranes=True,
+            affs_dtype="float64",
+            **ISOTROPIC,
+        ),
+        "task": dict(
+            pipeline="segmentation",
+            remove_debris=20,
+            **{**ISOTROPIC_TASK, "block_size": (20, 40, 40)},
+        ),
+    },
+    {
         "name": "seeded-aniso",
         "about": "SeededExtractFrags from 30 skeletons (nodes and edges in SQLite)",
         "data": dict(

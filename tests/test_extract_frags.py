@@ -18,6 +18,7 @@ from volara.blockwise import extract_frags as extract_frags_module
 from volara.blockwise.extract_frags import ExtractFrags
 from volara.datasets import Affs, Labels, Raw
 from volara.dbs import SQLite
+from volara.kernels.mutex_watershed import mutex_watershed_clusters
 from volara.sample_data import generate_sample_data
 
 SHAPE = (16, 64, 64)
@@ -213,23 +214,31 @@ def watershed_clusters_of_blocks(affs: np.ndarray):
     """For every block of the test layout: its slices and, per voxel of the
     block, the size (voxels) and mean direct-neighbor affinity of its
     mutex-watershed cluster over the block plus context (zero-padded past
-    the volume), and whether it is in a cluster at all. Computed with
-    mwatershed directly, as volara 1.0.5 does, not with volara's kernels."""
-    shape, block, context = np.array(SHAPE), np.array(BLOCK), np.array(CONTEXT)
-    padded = np.pad(affs, [(0, 0)] + [(c, c) for c in CONTEXT])
+    the volume), and whether it is in a cluster at all. The clusters come
+    from the watershed alone (`raw_block_clusters`), not from ExtractFrags'
+    filters and pieces."""
+    shape, block = np.array(SHAPE), np.array(BLOCK)
     for start in np.ndindex(*(shape // block)):
         begin = np.array(start) * block
-        read = padded[(slice(None), *map(slice, begin, begin + block + 2 * context))]
-        weights = (read + np.array(BIAS, np.float32).reshape(-1, 1, 1, 1)).astype(
-            np.float64
-        )
-        raw = mwatershed.agglom(weights, [list(o) for o in NEIGHBORHOOD])
+        read, raw = raw_block_clusters(affs, begin)
         ids, inverse, sizes = np.unique(raw, return_inverse=True, return_counts=True)
         means = np.bincount(inverse.ravel(), read[:3].mean(axis=0).ravel()) / sizes
-        inner = tuple(map(slice, context, context + block))
+        inner = tuple(map(slice, CONTEXT, CONTEXT + block))
         index = inverse.reshape(raw.shape)[inner]
         where = tuple(map(slice, begin, begin + block))
         yield where, sizes[index], means[index], raw[inner] != 0
+
+
+def raw_block_clusters(affs: np.ndarray, begin) -> tuple[np.ndarray, np.ndarray]:
+    """The affinities a block starting at voxel ``begin`` reads (its
+    context zero-padded past the volume) and the mutex watershed's raw
+    cluster ids on them (0: no attractive edge), ties taken by the block's
+    global position as in ExtractFrags."""
+    padded = np.pad(affs, [(0, 0)] + [(c, c) for c in CONTEXT])
+    size = np.array(BLOCK) + 2 * np.array(CONTEXT)
+    read = padded[(slice(None), *map(slice, begin, begin + size))]
+    origin = np.array(OFFSET) // VOXEL_SIZE + begin - CONTEXT
+    return read, mutex_watershed_clusters(read, NEIGHBORHOOD, BIAS, origin=origin)
 
 
 def test_every_fragment_is_one_connected_piece_of_its_block(tmp_path):
@@ -246,29 +255,16 @@ def test_every_fragment_is_one_connected_piece_of_its_block(tmp_path):
         pairs = np.unique(np.stack([block.ravel(), pieces.ravel()]), axis=1)
         assert pairs.shape[1] == len(np.unique(block)) == len(np.unique(pieces))
         np.testing.assert_array_equal(block != 0, clustered)
-        clusters += len(np.unique(mwatershed_ids_in_block(affs, where)))
+        clusters += len(np.unique(watershed_ids_in_block(affs, where)))
     # on this data, clusters that only the context holds together are
     # common: the blocks have more fragments than clusters
     assert len(nodes) > clusters
 
 
-def mwatershed_ids_in_block(affs: np.ndarray, where: tuple[slice, ...]) -> np.ndarray:
-    """mwatershed's cluster ids (0 left out) inside one block, computed on
-    the block plus context."""
-    padded = np.pad(affs, [(0, 0)] + [(c, c) for c in CONTEXT])
-    read = padded[
-        (
-            slice(None),
-            *(
-                slice(w.start, w.stop + 2 * c)
-                for w, c in zip(where, CONTEXT, strict=True)
-            ),
-        )
-    ]
-    weights = (read + np.array(BIAS, np.float32).reshape(-1, 1, 1, 1)).astype(
-        np.float64
-    )
-    raw = mwatershed.agglom(weights, [list(o) for o in NEIGHBORHOOD])
+def watershed_ids_in_block(affs: np.ndarray, where: tuple[slice, ...]) -> np.ndarray:
+    """The watershed's raw cluster ids (0 left out) inside one block,
+    computed on the block plus context."""
+    _, raw = raw_block_clusters(affs, np.array([w.start for w in where]))
     inner = raw[tuple(slice(c, c + b) for c, b in zip(CONTEXT, BLOCK, strict=True))]
     return inner[inner != 0]
 
@@ -522,23 +518,19 @@ def test_nodes_lie_in_their_blocks(tmp_path):
     assert sorted(n["id"] for n in in_block) == sorted(np.unique(fragments).tolist())
 
 
-def test_tie_break_orders_tied_affinities_by_global_position(tmp_path):
-    from volara.kernels.mutex_watershed import extract_fragments
+def test_tied_affinities_are_taken_in_an_order_fixed_by_global_position(tmp_path):
+    from volara.kernels.mutex_watershed import connected_pieces, extract_fragments
 
     # no blur: a third of the affinities are clipped to exactly 0 or 1
     data = sample(tmp_path, noise=0.3, blur=0.0, seed=3)
     affs = data.affinities.array("r")[:]
     origin = tuple(o // v for o, v in zip(OFFSET, VOXEL_SIZE, strict=True))
     expected = extract_fragments(affs, NEIGHBORHOOD, BIAS, origin=origin)
-    plain = extract_fragments(affs, NEIGHBORHOOD, BIAS)
-    assert adapted_rand_error(plain, expected)[0] > 0  # the order matters here
-    task = make_task(
-        tmp_path,
-        data.affinities,
-        block_size=SHAPE,
-        context=(0, 0, 0),
-        tie_break=True,
-    )
+    # mwatershed takes the ties in another order: the order matters here
+    weights = affs.astype(np.float64) + np.reshape(BIAS, (-1, 1, 1, 1))
+    theirs = mwatershed.agglom(weights, [list(o) for o in NEIGHBORHOOD])
+    assert adapted_rand_error(connected_pieces(theirs), expected)[0] > 0
+    task = make_task(tmp_path, data.affinities, block_size=SHAPE, context=(0, 0, 0))
     task.run_blockwise(multiprocessing=False)
     fragments = task.frags_data.array("r")[:]
     assert adapted_rand_error(expected, fragments)[0] == 0

@@ -212,9 +212,10 @@ def _voxels_outside_their_majority(labels: np.ndarray, reference: np.ndarray) ->
 
 
 def test_a_crop_grows_the_fragments_of_the_whole_volume_despite_tied_affinities():
-    # noise 0.3 clips a third of the affinities to exactly 0 or 1: without a
-    # crop-independent order of tied edges, 29% of these voxels land in
-    # other fragments than in the whole-volume run; with it 1.7%
+    # noise 0.3 clips a third of the affinities to exactly 0 or 1: with
+    # mwatershed's order of tied edges (which depends on the array's
+    # extent), 29% of these voxels land in other fragments than in the
+    # whole-volume run; with volara's (fixed by global position) 0.7%
     from volara.sample_data import DEFAULT_NEIGHBORHOOD, generate_sample_data
 
     sample = generate_sample_data(

@@ -1,5 +1,6 @@
 """The numba mutex watershed (`volara.kernels.mws`) against mwatershed, and
-its tie order: the same in a crop as in the whole volume."""
+its tie order: by position in the volume, the same in a crop as in the
+whole volume."""
 
 from __future__ import annotations
 
@@ -165,10 +166,12 @@ def region_labels(weights, start, shape, **options):
 
 
 # (first voxel, shape) of arrays around REGION: the whole volume, the region
-# itself, and boxes with other margins
+# with a margin of one voxel before it, and boxes with other margins. (The
+# array's first voxel stays outside the region: as in mwatershed, its
+# cluster's id would be its index, 0, the id of the unclustered voxels.)
 EXTENTS = [
     ((0, 0, 0), (12, 40, 40)),
-    ((2, 5, 7), (8, 28, 23)),
+    ((1, 4, 6), (9, 29, 24)),
     ((1, 3, 2), (11, 33, 31)),
     ((2, 0, 6), (9, 40, 30)),
 ]
@@ -187,7 +190,9 @@ def test_tie_order_is_the_same_in_every_extent(kind):
     # result on these weights, so the comparison above can fail
     start, shape = EXTENTS[0]
     reverse = _run(
-        embedded(weights, start, shape)[::-1].copy(), CROP_OFFSETS[::-1], origin=start
+        embedded(weights, start, shape)[::-1].copy(),
+        CROP_OFFSETS[::-1],
+        origin=start,
     )
     assert not same_partition(reverse[REGION], whole)
 

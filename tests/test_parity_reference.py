@@ -8,10 +8,15 @@ parameters, and 1.0.5's fragment count, segment count and scores against the
 ground truth. Here the data are generated again and volara 2 runs the same
 pipeline (real zarr, SQLite and two daisy workers) with the same parameters.
 
-The fragment count is the tight check: 1.0.5 numbers every connected piece
-of a block's mutex-watershed clusters as its own fragment and leaves voxels
-that no attractive edge joins at 0; counting pieces or singletons another
-way moves the count by far more than `FRAGMENT_TOLERANCE`.
+Affinities without equal values (``affs_dtype="float64"``) must give the
+very same result: the same fragment and segment counts and scores. The
+fragment count is the tight check: 1.0.5 numbers every connected piece of a
+block's mutex-watershed clusters as its own fragment and leaves voxels that
+no attractive edge joins at 0; counting pieces or singletons another way
+moves it. On clipped or 8-bit affinities, whose many equal values volara 2
+takes in another order than 1.0.5 (by position in the volume, the same in
+every block), the fragments differ by design and the segmentation must score
+no worse against the truth.
 """
 
 from __future__ import annotations
@@ -36,16 +41,13 @@ from volara.sample_data import generate_sample_data
 REFERENCE_DIR = Path(__file__).parent / "parity_reference"
 REFERENCES = sorted(REFERENCE_DIR.glob("*.json"))
 
-FRAGMENT_TOLERANCE = 0.01
-"""Relative difference allowed between the fragment counts. volara 2's
-counts equal 1.0.5's on every parity dataset; before volara 2 numbered
-connected pieces and left unjoined voxels at 0, they were 7% to 48% off on
-these references."""
-SEGMENT_TOLERANCE = 0.03
-"""Relative difference allowed between the segment counts (at least 2)."""
 SCORE_TOLERANCE = 0.02
-"""How much worse than 1.0.5's VOI (split + merge) and adapted Rand error
-volara 2 may be against the ground truth."""
+"""On affinities with equal values: how much worse than 1.0.5's VOI (split
++ merge) and adapted Rand error volara 2 may be against the ground truth.
+Over ten generated datasets of the kinds of the references (three seeds
+each of clipped cells, 8-bit touching cells and clipped neurites), volara
+2's VOI averaged 0.001 more than 1.0.5's; single datasets differ both ways
+(see benchmarks/README.md, "Ties")."""
 
 pytestmark = pytest.mark.slow
 
@@ -128,7 +130,13 @@ def count_ids(labels: np.ndarray) -> int:
 
 
 def test_references_exist():
-    assert len(REFERENCES) >= 3, f"expected parity references in {REFERENCE_DIR}"
+    assert len(REFERENCES) >= 4, f"expected parity references in {REFERENCE_DIR}"
+    tie_free = [
+        path
+        for path in REFERENCES
+        if json.loads(path.read_text())["sample_data"].get("affs_dtype") == "float64"
+    ]
+    assert tie_free, "expected a reference on affinities without equal values"
 
 
 @pytest.mark.parametrize("reference_path", REFERENCES, ids=lambda p: p.stem)
@@ -156,13 +164,11 @@ def test_same_segmentation_as_volara_1_0_5(reference_path: Path, tmp_path: Path)
     expected["voi"] = round(reference["voi_split"] + reference["voi_merge"], 4)
     report = f"{reference['name']}: volara 2 {figures}, volara 1.0.5 {expected}"
 
-    assert (
-        abs(figures["fragments"] - expected["fragments"])
-        <= FRAGMENT_TOLERANCE * expected["fragments"]
-    ), report
-    assert abs(figures["segments"] - expected["segments"]) <= max(
-        SEGMENT_TOLERANCE * expected["segments"], 2
-    ), report
+    if reference["sample_data"].get("affs_dtype") == "float64":
+        for key in ("fragments", "segments", "voi_split", "voi_merge"):
+            assert figures[key] == expected[key], report
+        assert figures["adapted_rand_error"] == expected["adapted_rand_error"], report
+        return
     assert figures["voi"] <= expected["voi"] + SCORE_TOLERANCE, report
     assert (
         figures["adapted_rand_error"]

@@ -84,7 +84,7 @@ def generate_sample_data(
     offset: Sequence[int] | None = None,
     objects: Literal["cells", "neurites"] = "cells",
     membrane_width: int = 0,
-    affs_dtype: Literal["float32", "uint8"] = "float32",
+    affs_dtype: Literal["float32", "uint8", "float64"] = "float32",
 ) -> SampleData:
     """Write synthetic objects and their affinities into the zarr at ``path``.
 
@@ -168,7 +168,13 @@ def generate_sample_data(
             ``"uint8"``: affinities stored as ``round(a * 255)``, a quarter
             of the size, as predictions are often stored (volara's tasks
             read them as ``a / 255``); the same seed gives the rounded
-            values of the float32 run.
+            values of the float32 run. ``"float64"``: affinities with no two
+            edges of exactly equal value: the float32 run's values squeezed
+            into [0.01, 0.99] plus a random jitter of at most 0.01 (from
+            the seed). Clipped (noisy float32) and rounded (uint8)
+            affinities have many equal values, and which of two equal edges
+            a mutex watershed takes first is up to the implementation; on
+            these, two correct implementations give the same fragments.
 
     Existing arrays of the same layout are overwritten; arrays of another
     shape, chunking, dtype or voxel size are an error (delete them first).
@@ -202,6 +208,8 @@ def generate_sample_data(
     )
     if affs_dtype == "uint8":
         affs = np.rint(affs * np.float32(255)).astype(np.uint8)
+    elif affs_dtype == "float64":
+        affs = _without_ties(affs, rng)
 
     path = Path(path)
     layout = dict(
@@ -246,6 +254,11 @@ def _labels(
     return labels
 
 
+def _without_ties(affs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    squeezed = 0.01 + 0.98 * affs.astype(np.float64)
+    return squeezed + rng.uniform(-0.01, 0.01, size=affs.shape)
+
+
 def _check_arguments(
     shape,
     voxel_size,
@@ -282,8 +295,10 @@ def _check_arguments(
         raise ValueError(
             f"objects='neurites' needs at least 2 axes in shape, got {shape}"
         )
-    if affs_dtype not in ("float32", "uint8"):
-        raise ValueError(f"affs_dtype must be 'float32' or 'uint8', got {affs_dtype!r}")
+    if affs_dtype not in ("float32", "uint8", "float64"):
+        raise ValueError(
+            f"affs_dtype must be 'float32', 'uint8' or 'float64', got {affs_dtype!r}"
+        )
     if not _is_count(membrane_width) or membrane_width < 0:
         raise ValueError(
             "membrane_width must be a whole number of voxels, 0 or more "

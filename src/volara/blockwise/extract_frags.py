@@ -24,6 +24,7 @@ from ..datasets import Affs, Dataset, Labels, Raw, read_region, write_region
 from ..dbs import AnyDB, SQLite, ThreadConnections
 from ..graph_writes import replace_nodes_in_roi
 from ..kernels import mutex_watershed as mws
+from ..kernels import mws as mws_kernel
 from ..kernels import seeding as seed_kernels
 from ..kernels.seeding import Seeding
 from ..utils import PydanticCoordinate
@@ -46,7 +47,9 @@ class ExtractFrags(GridTask):
     only the context holds together becomes several fragments, as in
     volara 1.0.5. Voxels that no attractive edge touches (e.g. background
     with affinity 0) get no fragment, nor does a block whose affinities are
-    all below 0.001.
+    all below 0.001. Affinities of exactly equal value (clipped or 8-bit
+    predictions have many) are taken in an order fixed by their position
+    in the whole volume, so a block takes them as the whole volume would.
 
     Writes ``frags_data`` (uint64, 0 = no fragment) and, per fragment, a node
     in ``db`` with ``position`` (center of mass, world units), ``size``
@@ -144,13 +147,6 @@ class ExtractFrags(GridTask):
     bulk_write: bool = False
     """Accepted for volara 1.0.5 configs; has no effect: volara 2 always
     writes a block's nodes in one bulk statement, with the same result."""
-    tie_break: bool = False
-    """Take affinities of exactly equal value in an order fixed by their
-    position in the whole volume, so a block grows the same fragments as one
-    block over the whole volume would. Worth it for clipped or 8-bit
-    affinities with many equal values at high noise; costs about 45% more
-    mutex-watershed time. (Without it, equal values are taken in an order
-    that depends on the block's extent.)"""
     context: PydanticCoordinate
     """Extra affinities read around each block, in voxels, one value per
     spatial axis; at least the longest offset is a good choice. Fragments
@@ -255,6 +251,8 @@ class ExtractFrags(GridTask):
     def init(self) -> None:
         self.init_out_array()
         self.db.init()
+        # compiled here, once, and loaded by every worker from numba's cache
+        mws_kernel.warm_up()
 
     def init_out_array(self) -> None:
         """Prepare the output array (volara 1.0.5's name; `init` does it
@@ -312,7 +310,7 @@ class ExtractFrags(GridTask):
             sigma=self.sigma,
             noise_eps=self.noise_eps,
             noise_seed=[int(i) for i in block_index],
-            origin=block.read_roi.offset / voxel_size if self.tie_break else None,
+            origin=block.read_roi.offset / voxel_size,
         )
         stats = mws.fragment_statistics(fragments)
         origin = (block.write_roi.offset - grid.volume.offset) / voxel_size

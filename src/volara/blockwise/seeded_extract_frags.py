@@ -22,6 +22,7 @@ from pydantic import model_validator
 
 from ..datasets import Affs, Dataset, Labels, read_region, write_region
 from ..dbs import AnyDB
+from ..kernels import mws as mws_kernel
 from ..kernels.mutex_watershed import mutex_watershed
 from ..kernels.skeletons import rasterize_skeletons, skeleton_labels
 from ..utils import PydanticCoordinate
@@ -132,6 +133,8 @@ class SeededExtractFrags(GridTask):
 
     def init(self) -> None:
         self.init_out_array()
+        # compiled here, once, and loaded by every worker from numba's cache
+        mws_kernel.warm_up()
 
     def init_out_array(self) -> None:
         """Prepare the output array (volara 1.0.5's name; `init` does it
@@ -163,6 +166,7 @@ class SeededExtractFrags(GridTask):
                 seeds=seeds,
                 mask=inside,
                 keep_unseeded=False,
+                origin=block.read_roi.offset / voxel_size,
                 crop=tuple(map(slice, begin, end)),
             )
             write_region(segs, block.write_roi, labels)

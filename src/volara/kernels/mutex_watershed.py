@@ -1,8 +1,10 @@
 """Fragments from affinities by mutex watershed, and what is measured on them.
 
-`mutex_watershed_clusters` wraps `mwatershed.agglom`, whose cluster ids are
-voxel indices (so an unseeded cluster's id can equal a seed's value) and
-which leaves 0 on voxels that no attractive edge touches. On top of it,
+`mutex_watershed_clusters` runs the mutex watershed (`volara.kernels.mws`,
+which gives `mwatershed.agglom`'s output and takes tied edges in an order
+fixed by their position in the whole volume): its cluster ids are voxel
+indices (so an unseeded cluster's id can equal a seed's value) and it leaves
+0 on voxels that no attractive edge touches. On top of it,
 `extract_fragments` makes ExtractFrags' fragments (connected pieces of the
 clusters inside a block, filtered on the whole read region) and
 `mutex_watershed` SeededExtractFrags' labels (seeds kept apart from the
@@ -14,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import mwatershed
 import numpy as np
 from scipy.ndimage import distance_transform_edt, gaussian_filter
 from skimage.measure import label as label_components
 
+from . import mws
 from .affinities import pair_mask
 from .relabel import relabel, sorted_mapping
 from .seeding import (
@@ -78,8 +80,8 @@ def mutex_watershed_clusters(
     decay: np.ndarray | None = None,
     seams: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
-    """`mwatershed.agglom` on the edge weights of ``affs``: its raw cluster
-    ids, uint64, spatial shape.
+    """The mutex watershed (`mws.agglom`) on the edge weights of ``affs``:
+    its raw cluster ids, uint64, spatial shape.
 
     Arguments as in `mutex_watershed`; ``seeds`` are passed through as they
     are. ``decay`` (spatial shape) is subtracted from every edge starting at
@@ -95,16 +97,14 @@ def mutex_watershed_clusters(
     )
     if seams is not None:
         damp_seams(weights, seams[0], seams[1], neighborhood)
-    if origin is not None:
-        add_tie_break_jitter(weights, origin)
-    clusters = mwatershed.agglom(
+    return mws.agglom(
         weights,
         [[int(o) for o in offset] for offset in neighborhood],
         seeds=seeds,
         strides=None if strides is None else [[int(s) for s in st] for st in strides],
         randomized_strides=randomized_strides,
+        origin=None if origin is None else [int(o) for o in origin],
     )
-    return np.asarray(clusters, dtype=np.uint64)
 
 
 def mutex_watershed(
@@ -145,10 +145,9 @@ def mutex_watershed(
         keep_unseeded: With seeds, whether clusters without a seed are kept
             (as new ids above the largest seed) or set to 0.
         origin: Voxel coordinates of ``affs[:, 0, 0, 0]`` in the whole
-            volume. If given, edges of equal weight are ordered by a tiny
-            jitter computed from these global coordinates, so a block and
-            the whole volume order them alike (see `add_tie_break_jitter`;
-            it makes mwatershed's sort about 1.45x slower).
+            volume (default zeros). Edges of equal weight are taken in an
+            order fixed by their global coordinates, so a block and the
+            whole volume take them alike; ``strides`` count from them too.
         crop: Spatial slices of the labels to return (e.g. a block without
             its context); only these are numbered, which saves a sort of
             the context's voxels.
@@ -343,10 +342,12 @@ def connected_pieces(labels: np.ndarray) -> np.ndarray:
 def _edge_weights(
     affs, neighborhood, bias, mask, sigma, noise_eps, noise_seed, decay=None
 ) -> np.ndarray:
-    """float64 edge weights for mwatershed: affinity (smoothed, with noise,
+    """Edge weights for the mutex watershed: affinity (smoothed, with noise,
     0 on pairs touching the mask) plus bias. Computed in the precision of
-    the affinities and in the order volara 1.0.5 adds them, so edges of
-    float32 affinities are ordered as there."""
+    `affinities_as_float` and in the order volara 1.0.5 adds them, so edges
+    of float affinities are ordered as there; weights of integer affinities
+    are then rounded to float32 (their steps are far apart, so the order
+    stays, and the kernel sorts float32 in one pass)."""
     affs = np.asarray(affs)
     if affs.shape[0] != len(neighborhood) or len(bias) != len(neighborhood):
         raise ValueError(
@@ -377,53 +378,9 @@ def _edge_weights(
     if outside is not None:
         # smoothing and noise must not give masked pairs an affinity
         np.copyto(weights, np.broadcast_to(bias_column, weights.shape), where=outside)
-    return weights.astype(np.float64, copy=False)
-
-
-TIE_BREAK_SCALE = 1e-7
-"""Largest jitter per axis: far below any affinity step that matters (an
-8-bit affinity step is 4e-3), far above float64 resolution (1e-16)."""
-
-
-def add_tie_break_jitter(
-    weights: np.ndarray, origin: Sequence[int] | None = None
-) -> None:
-    """Add a tiny, position-dependent offset to every edge weight, in place.
-
-    mwatershed sorts edges with an unstable sort, so edges of equal weight
-    (common: clipped or 8-bit affinities) are taken in an order that depends
-    on the array's extent, and a block cut from a volume can grow different
-    fragments than the whole volume does. A jitter that is a function of the
-    global position only (one hashed value per channel and per coordinate
-    along each axis, summed) gives every crop the same order. ``weights`` is
-    channels first; ``origin`` is the voxel coordinate of its first voxel.
-    """
-    shape = weights.shape
-    origin = (0,) * (len(shape) - 1) if origin is None else tuple(origin)
-    starts = (0, *(int(o) for o in origin))
-    # all axes but the last summed on a small array, then two passes over
-    # the weights instead of one per axis
-    leading = np.zeros((*shape[:-1], 1))
-    for axis in range(len(shape) - 1):
-        leading += _axis_jitter(shape, axis, starts[axis])
-    weights += leading
-    weights += _axis_jitter(shape, len(shape) - 1, starts[-1])
-
-
-def _axis_jitter(shape: tuple[int, ...], axis: int, start: int) -> np.ndarray:
-    coordinates = np.arange(start, start + shape[axis], dtype=np.int64)
-    values = _hash_to_unit(coordinates, salt=axis) * TIE_BREAK_SCALE
-    return values.reshape((1,) * axis + (shape[axis],) + (1,) * (len(shape) - axis - 1))
-
-
-def _hash_to_unit(values: np.ndarray, salt: int) -> np.ndarray:
-    """splitmix64 of ``values`` (mixed with ``salt``) as floats in [0, 1)."""
-    increment = np.uint64((0x9E3779B97F4A7C15 * (salt + 1)) % 2**64)
-    x = values.astype(np.uint64) + increment
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    return (x >> np.uint64(11)).astype(np.float64) / float(2**53)
+    if np.issubdtype(affs.dtype, np.integer):
+        weights = weights.astype(np.float32)
+    return weights
 
 
 def _shift_seeds(

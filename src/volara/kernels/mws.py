@@ -36,49 +36,94 @@ ids included (the root mwatershed's union by rank would pick is tracked
 alongside our own union-find), for 1 to 3 spatial axes, any offsets (also
 negative, also longer than the array), seeds and strides. What differs:
 
-* Ties: mwatershed sorts the edges, generated channel by channel and in C
-  order within a channel, with an unstable sort, so tied edges come out
-  mostly, but not always, in that order; which ones move depends on the
-  array's extent. Here tied edges are taken in exactly that order: by
-  channel, repulsive before attractive, then by position (C order). For a
-  crop of a volume the order of positions is the volume's (C order of
-  global coordinates), so a block takes its tied edges as the whole volume
-  does. Where mwatershed's sort happens to keep the generated order (e.g.
-  affinities clipped to 0 and 1 under two bias values), the output is
-  mwatershed's; where it reorders (many distinct tied values), it is not.
+* Ties: mwatershed sorts the edges with an unstable sort, so tied edges
+  come out in an order that depends on the array's extent: a block cut from
+  a volume takes them otherwise than the whole volume. Here an attractive
+  edge comes before a repulsive edge of equal ``|w|``, and tied edges of
+  one sign are taken by a rank computed from the edge's channel and global
+  coordinates (``origin + p``) alone: the sum of one hashed term per
+  channel, z, y and run of `_TIE_RUN` voxels along x; within a run, by x.
+  A crop takes its tied edges in the order the whole volume does. The
+  order is scattered over the volume, as mwatershed's is: a raster order
+  (channel by channel) grows clusters along one axis first and merges more
+  on clipped affinities, and a rank per voxel scatters the growth over a
+  plateau so finely that blocks agree less with the whole volume (both
+  measured on generated data, see benchmarks/README.md, "Ties").
 * ``strides`` are counted from the global coordinate (``origin + p``);
   with ``origin`` at zeros (the default) that is mwatershed's rule.
 * ``randomized_strides`` keeps an edge if a hash of its global
   position and channel falls below ``1/prod(stride)``: deterministic, and
   the same for an edge in every crop.
 
-How: one uint64 sort key per edge (the inverted bits of ``|w|``, the
-channel, the attractive flag) sorted by an LSD radix sort whose stability
-supplies the position; float64 weights sort twice (channel and flag, then
-the full 64-bit ``|w|`` key), unless every weight is exactly a float32. A flat
-union-find (path halving, union by size); mutex constraints as one
-open-addressing hash set of cluster-key pairs plus per-cluster partner
-lists, re-keyed from the shorter list into the longer one on a merge.
+How: one uint64 sort key per edge (the inverted bits of ``|w|``, the tie
+rank, the attractive flag) sorted by an LSD radix sort; float64 weights sort
+twice (the tie rank, then the full 64-bit ``|w|`` key), unless every weight
+is exactly a float32. A flat union-find (path halving, union by size);
+mutex constraints as one open-addressing hash set of cluster-key pairs plus
+per-cluster partner lists, re-keyed from the shorter list into the longer
+one on a merge.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
+import numba
 import numpy as np
 from numba import njit
+from numba.misc.appdirs import AppDirs
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError:
+        return False
+    return True
+
+
+def _ensure_a_cache_directory() -> None:
+    """numba keeps compiled kernels next to this file, else in the user's
+    cache directory, and refuses to import a cached function where neither
+    is writable (a read-only install, run by a user without a home). There,
+    and unless ``NUMBA_CACHE_DIR`` chooses, they go to the system's
+    temporary directory: still compiled once, not once per process."""
+    if numba.config.CACHE_DIR:
+        return
+    in_tree = Path(__file__).parent / "__pycache__"
+    user_wide = Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
+    if _writable(in_tree) or _writable(user_wide):
+        return
+    numba.config.CACHE_DIR = str(
+        Path(tempfile.gettempdir()) / f"volara-numba-{os.getuid()}"
+    )
+
+
+_ensure_a_cache_directory()
 
 _DIGIT_BITS = 11
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-# per-axis and per-channel multipliers of the randomized-strides hash (odd
-# constants)
+# per-channel and per-axis multipliers of the randomized-strides and tie
+# hashes (odd constants)
 _AXIS_MULTIPLIERS = np.array(
     [0xD6E8FEB86659FD93, 0xA0761D6478BD642F, 0xE7037ED1A0B428DB, 0x8EBC6AF09C88C6E3],
     dtype=np.uint64,
 )
 _STRIDE_SALT = 0x13198A2E03707344
+_TIE_TERM_BITS = 13
+_TIE_BITS = _TIE_TERM_BITS + 2
+"""Bits of an edge's tie rank: the sum of four terms (channel, z, y, x)."""
+_TIE_RUN = 8
+"""Voxels along x that share a tie rank, taken one after the other (in
+ascending x): runs keep the growth of a cluster over a plateau of equal
+edges local, as mwatershed's sort does; shorter runs (down to a rank per
+voxel) make blocks disagree more with the whole volume at their faces,
+longer ones made crops merge more than the whole volume does."""
 
 
 @njit(cache=True, inline="always")
@@ -90,6 +135,14 @@ def _mix(x):
     return x ^ (x >> np.uint64(31))
 
 
+@njit(cache=True, inline="always")
+def _tie_hash(coordinate, axis):
+    """The term of one coordinate (or channel: axis 0) in an edge's tie
+    rank: `_TIE_TERM_BITS` bits, a function of the value alone."""
+    x = np.uint64(coordinate) * _AXIS_MULTIPLIERS[axis] + np.uint64(axis)
+    return _mix(x) >> np.uint64(64 - _TIE_TERM_BITS)
+
+
 @njit(cache=True)
 def _edge_keys(
     bits,
@@ -98,7 +151,6 @@ def _edge_keys(
     strides,
     origin,
     randomized,
-    channel_bits,
     wide,
     keys,
     order,
@@ -109,16 +161,23 @@ def _edge_keys(
     ``touched``. Returns the number of edges.
 
     ``bits``: the weights viewed as unsigned integers, ``(channels, voxels)``.
-    Narrow (float32) keys are the inverted ``|w|`` bits, the channel and the
-    attractive flag (lowest bit); wide (float64) keys hold only the channel
-    and the flag here, the ``|w|`` key follows in `_wide_keys`."""
+    A key holds, from the top: the inverted ``|w|`` bits (narrow, float32,
+    weights only; wide keys get them in `_wide_keys`), the repulsive flag
+    (attractive edges before repulsive ones of equal ``|w|``), the tie rank
+    (the sum of `_tie_hash` of the channel and of the global coordinates,
+    x in runs of `_TIE_RUN`: equal in every crop, and scattered, so no axis
+    or channel is taken first), and the attractive flag again (lowest bit,
+    read by `_agglomerate`, not sorted on)."""
     sign_shift = np.uint64(bits.itemsize * 8 - 1)
     abs_mask = (np.uint64(1) << sign_shift) - np.uint64(1)
-    channel_shift = np.uint64(1)
-    magnitude_shift = np.uint64(channel_bits + 1)
+    repulsive_shift = np.uint64(_TIE_BITS + 1)
+    magnitude_shift = np.uint64(_TIE_BITS + 2)
     nz, ny, nx = shape[0], shape[1], shape[2]
     nvox = nz * ny * nx
     m = _AXIS_MULTIPLIERS
+    x_terms = np.empty(nx, dtype=np.uint64)
+    for x in range(nx):
+        x_terms[x] = _tie_hash((origin[2] + x) // _TIE_RUN, 3)
     n = 0
     for c in range(offsets.shape[0]):
         oz, oy, ox = offsets[c, 0], offsets[c, 1], offsets[c, 2]
@@ -127,24 +186,26 @@ def _edge_keys(
         threshold = np.uint64(0)
         if randomized:
             threshold = np.uint64((1 << 32) // (sz * sy * sx))
-        channel = np.uint64(c) << channel_shift
-        base_s = np.uint64(_STRIDE_SALT) + np.uint64(c) * m[0]
+        salt = np.uint64(_STRIDE_SALT) + np.uint64(c) * m[0]
+        c_term = _tie_hash(c, 0)
         for z in range(max(0, -oz), min(nz, nz - oz)):
             gz = origin[0] + z
             if not randomized and (gz - max(0, -oz)) % sz != 0:
                 continue
+            z_term = c_term + _tie_hash(gz, 1)
             hz = np.uint64(gz) * m[1]
             for y in range(max(0, -oy), min(ny, ny - oy)):
                 gy = origin[1] + y
                 if not randomized and (gy - max(0, -oy)) % sy != 0:
                     continue
+                y_term = z_term + _tie_hash(gy, 2)
                 hy = hz + np.uint64(gy) * m[2]
                 row = (z * ny + y) * nx
                 for x in range(max(0, -ox), min(nx, nx - ox)):
                     gx = origin[2] + x
-                    position = hy + np.uint64(gx) * m[3]
                     if randomized:
-                        if (_mix(base_s + position) >> np.uint64(32)) >= threshold:
+                        position = hy + np.uint64(gx) * m[3]
+                        if (_mix(salt + position) >> np.uint64(32)) >= threshold:
                             continue
                     elif (gx - max(0, -ox)) % sx != 0:
                         continue
@@ -154,7 +215,11 @@ def _edge_keys(
                     if magnitude == 0:
                         continue  # w == 0 changes nothing (see the docstring)
                     attractive = (b >> sign_shift) == 0
-                    key = channel | np.uint64(attractive)
+                    key = ((y_term + x_terms[x]) << np.uint64(1)) | np.uint64(
+                        attractive
+                    )
+                    if not attractive:
+                        key |= np.uint64(1) << repulsive_shift
                     if not wide:
                         key |= (abs_mask - magnitude) << magnitude_shift
                     keys[n] = key
@@ -169,8 +234,8 @@ def _edge_keys(
 @njit(cache=True)
 def _wide_keys(bits, order, keys, n):
     """The 64-bit key of float64 weights: inverted ``|w|`` bits above the
-    attractive flag (lowest bit, not sorted on: the edges are in channel and
-    flag order already), for the edges in ``order``."""
+    attractive flag (lowest bit, not sorted on: the edges are in tie order
+    already), for the edges in ``order``."""
     flat = bits.ravel()
     abs_mask = np.uint64(0x7FFFFFFFFFFFFFFF)
     for i in range(n):
@@ -467,7 +532,7 @@ def agglom(
             ``1/prod(stride)``, decided by a hash of its global position.
         origin: Global voxel coordinate of the array's first voxel, so that
             tied edges (and strides) are taken as in the whole volume.
-            Default zeros.
+            Default zeros (the array is the whole volume).
 
     Returns uint64 cluster ids of the spatial shape (see the module
     docstring): seeds keep their values, voxels that no kept attractive
@@ -480,6 +545,21 @@ def agglom(
             # exactly float32 values: |w| orders alike, one key suffices
             weights = narrow
     return _run(weights, offsets, seeds, strides, randomized_strides, origin)
+
+
+def warm_up() -> None:
+    """Compile the kernel for float32 and float64 weights, or load it from
+    numba's on-disk cache (seconds to compile, 0.2 s to load). A task calls
+    this in the driver before its workers start, so that a run compiles
+    once and every worker loads the result."""
+    # random weights on 16^3 voxels: enough mutex pairs that the pair table
+    # and the partner lists grow, so their functions compile too
+    offsets = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    weights = np.random.default_rng(0).uniform(-1, 1, size=(3, 16, 16, 16))
+    seeds = np.zeros(weights.shape[1:], dtype=np.uint64)
+    seeds[0, 0, :2] = 1
+    agglom(weights.astype(np.float32), offsets, seeds=seeds)
+    _run(weights, offsets, seeds=seeds)
 
 
 def _run(
@@ -521,7 +601,6 @@ def _run(
     wide = weights.dtype == np.float64
     bits = weights.reshape(channels, nvox).view(np.uint64 if wide else np.uint32)
 
-    channel_bits = max(1, (channels - 1).bit_length())
     capacity = channels * nvox
     keys = np.empty(capacity, dtype=np.uint64)
     order = np.empty(capacity, dtype=np.uint32)
@@ -533,7 +612,6 @@ def _run(
         stride_array,
         origin_array,
         bool(randomized_strides),
-        channel_bits,
         wide,
         keys,
         order,
@@ -541,15 +619,14 @@ def _run(
     )
     keys_tmp = np.empty(n, dtype=np.uint64)
     order_tmp = np.empty(n, dtype=np.uint32)
-    flag_bits = channel_bits + 1
     if wide:
-        # (channel, flag) first, then |w| (bits 1 to 64) on top, stably
-        if _radix_sort(keys, order, keys_tmp, order_tmp, n, 0, flag_bits):
+        # the tie rank and the repulsive flag first, then |w| (bits 1 to 64)
+        if _radix_sort(keys, order, keys_tmp, order_tmp, n, 1, 2 + _TIE_BITS):
             keys, keys_tmp, order, order_tmp = keys_tmp, keys, order_tmp, order
         _wide_keys(bits, order, keys, n)
         low, high = 1, 64
     else:
-        low, high = 0, 31 + flag_bits
+        low, high = 1, 33 + _TIE_BITS
     if _radix_sort(keys, order, keys_tmp, order_tmp, n, low, high):
         keys, order = keys_tmp, order_tmp
     del keys_tmp, order_tmp
