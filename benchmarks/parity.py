@@ -205,39 +205,6 @@ DATASETS: list[dict[str, Any]] = [
         ),
     },
     {
-        "name": "aniso-cells-noise0.3-tie-free",
-        "about": "aniso-cells-noise0.3 without equal affinities (float64)",
-        "data": dict(
-            shape=(30, 128, 128),
-            num_cells=100,
-            noise=0.3,
-            seed=2,
-            affs_dtype="float64",
-            **ANISOTROPIC,
-        ),
-        "task": dict(pipeline="segmentation", **ANISOTROPIC_TASK),
-    },
-    {
-        "name": "iso-neurites-debris-tie-free",
-        "about": "iso-neurites-debris without equal affinities (float64)",
-        "ci": True,
-        "data": dict(
-            shape=(40, 80, 80),
-            num_cells=30,
-            noise=0.25,
-            seed=7,
-            objects="neurites",
-            membranes=True,
-            affs_dtype="float64",
-            **ISOTROPIC,
-        ),
-        "task": dict(
-            pipeline="segmentation",
-            remove_debris=20,
-            **{**ISOTROPIC_TASK, "block_size": (20, 40, 40)},
-        ),
-    },
-    {
         "name": "seeded-aniso",
         "about": "SeededExtractFrags from 30 skeletons (nodes and edges in SQLite)",
         "data": dict(
@@ -260,6 +227,25 @@ DATASETS: list[dict[str, Any]] = [
             **{**ISOTROPIC_TASK, "block_size": (20, 32, 32)},
         ),
     },
+]
+
+
+def without_ties(name: str, ci: bool = False) -> dict[str, Any]:
+    """The dataset ``name`` with affinities of which no two are equal
+    (float64): volara 2 must give volara 1.0.5's very fragments."""
+    base = next(dataset for dataset in DATASETS if dataset["name"] == name)
+    return {
+        **base,
+        "name": f"{name}-tie-free",
+        "about": f"{name} without equal affinities (float64)",
+        "ci": ci,
+        "data": {**base["data"], "affs_dtype": "float64"},
+    }
+
+
+DATASETS += [
+    without_ties("aniso-cells-noise0.3"),
+    without_ties("iso-neurites-debris", ci=True),
 ]
 
 
@@ -596,6 +582,28 @@ def reference(dataset: dict[str, Any], volara1: dict[str, Any]) -> dict[str, Any
     }
 
 
+def reseeded(dataset: dict[str, Any], seed: int) -> dict[str, Any]:
+    """``dataset`` generated from another seed."""
+    return {
+        **dataset,
+        "name": f"{dataset['name']}-s{seed}",
+        "ci": False,
+        "data": {**dataset["data"], "seed": seed},
+    }
+
+
+def means(results: list[dict[str, Any]]) -> str:
+    """Each version's VOI (split + merge) and ARE against the truth, averaged
+    over the datasets both versions ran."""
+    both = [r for r in results if "volara1" in r and "volara2" in r]
+    lines = [f"mean over {len(both)} datasets:"]
+    for version in ("volara1", "volara2"):
+        voi = np.mean([r[version]["voi_split"] + r[version]["voi_merge"] for r in both])
+        are = np.mean([r[version]["adapted_rand_error"] for r in both])
+        lines.append(f"  {version}: VOI {voi:.4f}, ARE {are:.4f}")
+    return "\n".join(lines)
+
+
 def compact_json(value: Any) -> str:
     """Indented JSON with every list of numbers on one line."""
     text = json.dumps(value, indent=2, default=list)
@@ -638,6 +646,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help="run only these datasets")
     parser.add_argument("--ci", action="store_true", help="run only the CI datasets")
     parser.add_argument(
+        "--extra-seeds",
+        type=int,
+        nargs="+",
+        default=[],
+        help="also run every selected dataset generated with each of these "
+        "seeds (named <name>-s<seed>), and print each version's mean scores",
+    )
+    parser.add_argument(
         "--write-reference",
         action="store_true",
         help="run volara 1.0.5 on the CI datasets and write tests/parity_reference/",
@@ -655,6 +671,9 @@ def main() -> None:
             datasets.remove(dataset)
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
+    datasets += [
+        reseeded(dataset, seed) for dataset in datasets for seed in args.extra_seeds
+    ]
     if args.write_reference:
         if not args.volara1_python:
             parser.error("--write-reference needs --volara1-python")
@@ -680,6 +699,8 @@ def main() -> None:
         json.dumps(output, indent=2, default=list) + "\n"
     )
     print(table(results))
+    if args.extra_seeds:
+        print(means(results))
     print(
         f"\n{len(results)} datasets in {output['seconds']} s; JSON: {workdir / 'parity.json'}"
     )

@@ -144,7 +144,10 @@ def test_rewriting_the_same_layout_overwrites(tmp_path):
             dict(membranes=True, membrane_width=2),
             "membranes=True and membrane_width=2 disagree",
         ),
-        (dict(affs_dtype="float16"), "affs_dtype must be 'float32' or 'uint8'"),
+        (
+            dict(affs_dtype="float16"),
+            "affs_dtype must be 'float32', 'uint8' or 'float64'",
+        ),
     ],
 )
 def test_bad_arguments_are_refused(tmp_path, kwargs, message):
@@ -315,6 +318,21 @@ def test_uint8_affinities_are_the_rounded_float_affinities(tmp_path):
     # a fresh Affs reads them with their neighborhood, like the float ones
     reopened = Affs(store=tmp_path / "u.zarr" / "affinities")
     assert [tuple(o) for o in reopened.neighborhood] == DEFAULT_NEIGHBORHOOD
+
+
+def test_float64_affinities_have_no_two_equal_values(tmp_path):
+    args = dict(noise=0.3, seed=4)
+    floats = small(tmp_path / "f.zarr", **args).affinities.array()[:]
+    assert np.unique(floats).size < floats.size / 2  # clipped: many ties
+    untied = small(tmp_path / "t.zarr", affs_dtype="float64", **args)
+    values = untied.affinities.array()[:]
+    assert values.dtype == np.float64
+    assert np.unique(values).size == values.size
+    assert values.min() >= 0 and values.max() <= 1
+    # the float32 run's values, squeezed and jittered by at most 0.01
+    np.testing.assert_allclose(values, 0.01 + 0.98 * floats, atol=0.01)
+    again = small(tmp_path / "again.zarr", affs_dtype="float64", **args)
+    np.testing.assert_array_equal(again.affinities.array()[:], values)
 
 
 def test_blur_is_a_gaussian_of_the_affinities_per_spatial_axis(tmp_path):
