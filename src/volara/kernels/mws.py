@@ -70,6 +70,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -92,15 +93,14 @@ def _ensure_a_cache_directory() -> None:
     is writable (a read-only install, run by a user without a home). There,
     and unless ``NUMBA_CACHE_DIR`` chooses, they go to the system's
     temporary directory: still compiled once, not once per process."""
-    if numba.config.CACHE_DIR:
+    config: Any = numba.config  # its settings are set at import, unknown to mypy
+    if config.CACHE_DIR:
         return
     in_tree = Path(__file__).parent / "__pycache__"
     user_wide = Path(AppDirs(appname="numba", appauthor=False).user_cache_dir)
     if _writable(in_tree) or _writable(user_wide):
         return
-    numba.config.CACHE_DIR = str(
-        Path(tempfile.gettempdir()) / f"volara-numba-{os.getuid()}"
-    )
+    config.CACHE_DIR = str(Path(tempfile.gettempdir()) / f"volara-numba-{os.getuid()}")
 
 
 _ensure_a_cache_directory()
