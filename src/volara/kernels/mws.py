@@ -121,9 +121,10 @@ _TIE_BITS = _TIE_TERM_BITS + 2
 _TIE_RUN = 8
 """Voxels along x that share a tie rank, taken one after the other (in
 ascending x): runs keep the growth of a cluster over a plateau of equal
-edges local, as mwatershed's sort does; shorter runs (down to a rank per
-voxel) make blocks disagree more with the whole volume at their faces,
-longer ones made crops merge more than the whole volume does."""
+edges local. Measured on generated data (benchmarks/README.md, "Ties"):
+shorter runs (down to a rank per voxel) made blocks disagree more with the
+whole volume and scored worse after agglomeration, longer ones made crops
+merge more than the whole volume does."""
 
 
 @njit(cache=True, inline="always")
