@@ -61,7 +61,6 @@ def _time_block(job: tuple[str, list, list]) -> tuple[float, float]:
     from volara.datasets import read_region
     from volara.kernels import mws
 
-    mws.warm_up()
     store, roi_values, biases = job
     array = open_ds(store)
     roi = Roi(roi_values[:3], roi_values[3:])
@@ -90,8 +89,16 @@ def floor_seconds(data: Path, workers: int) -> list[tuple[float, float]]:
         (str(data / "affinities"), [*roi.offset, *roi.shape], biases)
         for roi in read_rois(array.roi, array.voxel_size)
     ]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_load_kernel) as pool:
         return list(pool.imap_unordered(_time_block, jobs))
+
+
+def _load_kernel() -> None:
+    """Each job process loads the compiled kernel once, before any clock."""
+    from volara.kernels import mws
+
+    mws.warm_up()
 
 
 def extract_frags_seconds(data: Path, out: Path, workers: int) -> tuple[float, float]:

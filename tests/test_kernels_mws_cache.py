@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import write_array
 from volara.datasets import Affs
 
 SOURCE = Path(__file__).parents[1] / "src" / "volara"
@@ -76,26 +77,12 @@ task = ExtractFrags(
 )
 task.init()
 """
-    write_affinities(affs)
+    affinities = np.random.default_rng(0).random((1, 8, 8, 8), np.float32)
+    write_array(affs.store, affinities)
     driver = kernel_process(env, before=init_task, call=False)
     assert driver["hits"] == 0 and driver["misses"] > 0  # compiled by init
     worker = kernel_process(env)
     assert worker["misses"] == 0 and worker["hits"] > 0  # loaded, no compile
-
-
-def write_affinities(affs: Affs) -> None:
-    from funlib.geometry import Coordinate
-    from funlib.persistence import prepare_ds
-
-    array = prepare_ds(
-        affs.store,
-        shape=(1, 8, 8, 8),
-        voxel_size=Coordinate(1, 1, 1),
-        axis_names=["c", "z", "y", "x"],
-        types=["channel", "space", "space", "space"],
-        dtype=np.float32,
-    )
-    array[array.roi] = np.random.default_rng(0).random((1, 8, 8, 8), np.float32)
 
 
 def test_a_read_only_install_caches_in_the_temporary_directory():

@@ -43,12 +43,11 @@ negative, also longer than the array), seeds and strides. What differs:
   one sign are taken by a rank computed from the edge's channel and global
   coordinates (``origin + p``) alone: the sum of one hashed term per
   channel, z, y and run of `_TIE_RUN` voxels along x; within a run, by x.
-  A crop takes its tied edges in the order the whole volume does. The
-  order is scattered over the volume, as mwatershed's is: a raster order
-  (channel by channel) grows clusters along one axis first and merges more
-  on clipped affinities, and a rank per voxel scatters the growth over a
-  plateau so finely that blocks agree less with the whole volume (both
-  measured on generated data, see benchmarks/README.md, "Ties").
+  A crop takes its tied edges in the order the whole volume does. Measured
+  on generated data (benchmarks/README.md, "Ties"): a raster order
+  (channel by channel) merged more on clipped affinities, and a rank per
+  voxel scattered the growth over a plateau so finely that blocks agreed
+  less with the whole volume.
 * ``strides`` are counted from the global coordinate (``origin + p``);
   with ``origin`` at zeros (the default) that is mwatershed's rule.
 * ``randomized_strides`` keeps an edge if a hash of its global
