@@ -53,7 +53,10 @@ def random_case(rng: np.random.Generator):
         seeds = np.zeros(shape, dtype=np.uint64)
         count = int(rng.integers(1, 7))
         where = rng.integers(0, seeds.size, size=count)
-        seeds.ravel()[where] = rng.integers(1, 2 * seeds.size, size=count)
+        # few values: a seed on several voxels, some of them with only
+        # repulsive edges (they still belong to the seed's cluster)
+        values = 4 if rng.random() < 0.5 else 2 * seeds.size
+        seeds.ravel()[where] = rng.integers(1, values, size=count)
     strides = None
     if rng.random() < 0.3:
         strides = [

@@ -365,7 +365,9 @@ _MIN_TABLE = 1 << 12
 
 
 @njit(cache=True)
-def _agglomerate(keys, order, start, n, nvox, steps, parent, root, arena, table, state):
+def _agglomerate(
+    keys, order, start, n, nvox, steps, touched, parent, root, arena, table, state
+):
     """Mutex watershed over the sorted edges ``start..n``. Returns where it
     stopped: ``n``, or earlier when the pair table or the partner arena
     needs room first (``state[3]``, ``state[4]``: how much).
@@ -384,8 +386,14 @@ def _agglomerate(keys, order, start, n, nvox, steps, parent, root, arena, table,
         e = np.int64(order[i])
         c = e // nvox
         u = e - c * nvox
+        v = u + steps[c]
+        attractive = keys[i] & one
+        if not attractive and not (touched[u] and touched[v]):
+            # a voxel without attractive edges stays alone: nothing will
+            # try to merge it, so its mutex constraints are never asked
+            continue
         ru = _find(parent, u)
-        rv = _find(parent, u + steps[c])
+        rv = _find(parent, v)
         if ru == rv:
             continue
         a_rec = root[ru]
@@ -401,7 +409,7 @@ def _agglomerate(keys, order, start, n, nvox, steps, parent, root, arena, table,
             state[3] = need
             state[4] = room
             return i
-        if keys[i] & one:  # the attractive flag
+        if attractive:
             su = a_rec[_SEED]
             sv = b_rec[_SEED]
             if su != 0 and sv != 0 and su != sv:
@@ -638,6 +646,8 @@ def _run(
     seed_values = np.zeros(1, dtype=np.uint64)
     if seeds is not None:
         seed_values = _start_seeded(seeds, spatial, parent, root)
+        # a seeded voxel belongs to its seed's cluster, which may merge
+        touched |= np.asarray(seeds).ravel() != 0
     arena = np.empty(max(1024, 4 * nvox), dtype=np.int32)
     table = np.zeros(max(_MIN_TABLE, 1 << int(nvox).bit_length()), dtype=np.uint64)
     state = np.zeros(5, dtype=np.int64)
@@ -653,6 +663,7 @@ def _run(
             n,
             nvox,
             steps,
+            touched,
             parent,
             root,
             arena,
