@@ -152,13 +152,17 @@ def _edge_keys(
     origin,
     randomized,
     wide,
+    marking,
     keys,
     order,
     touched,
 ):
-    """Sort keys and edge ids of every kept edge with ``w != 0``, in
-    (channel, voxel) order; marks the voxels of attractive edges in
-    ``touched``. Returns the number of edges.
+    """With ``marking``: marks the voxels of kept attractive edges in
+    ``touched``. Else: the sort keys and edge ids of every kept edge that
+    counts, in (channel, voxel) order, and their number. An edge counts if
+    ``w != 0`` and it attracts or both its voxels are ``touched``: a voxel
+    without attractive edges stays alone (nothing tries to merge it), so
+    its mutex constraints are never asked.
 
     ``bits``: the weights viewed as unsigned integers, ``(channels, voxels)``.
     A key holds, from the top: the inverted ``|w|`` bits (narrow, float32,
@@ -215,6 +219,13 @@ def _edge_keys(
                     if magnitude == 0:
                         continue  # w == 0 changes nothing (see the docstring)
                     attractive = (b >> sign_shift) == 0
+                    if marking:
+                        if attractive:
+                            touched[p] = True
+                            touched[p + step] = True
+                        continue
+                    if not attractive and not (touched[p] and touched[p + step]):
+                        continue
                     key = ((y_term + x_terms[x]) << np.uint64(1)) | np.uint64(
                         attractive
                     )
@@ -224,9 +235,6 @@ def _edge_keys(
                         key |= (abs_mask - magnitude) << magnitude_shift
                     keys[n] = key
                     order[n] = c * nvox + p
-                    if attractive:
-                        touched[p] = True
-                        touched[p + step] = True
                     n += 1
     return n
 
@@ -365,9 +373,7 @@ _MIN_TABLE = 1 << 12
 
 
 @njit(cache=True)
-def _agglomerate(
-    keys, order, start, n, nvox, steps, touched, parent, root, arena, table, state
-):
+def _agglomerate(keys, order, start, n, nvox, steps, parent, root, arena, table, state):
     """Mutex watershed over the sorted edges ``start..n``. Returns where it
     stopped: ``n``, or earlier when the pair table or the partner arena
     needs room first (``state[3]``, ``state[4]``: how much).
@@ -386,14 +392,8 @@ def _agglomerate(
         e = np.int64(order[i])
         c = e // nvox
         u = e - c * nvox
-        v = u + steps[c]
-        attractive = keys[i] & one
-        if not attractive and not (touched[u] and touched[v]):
-            # a voxel without attractive edges stays alone: nothing will
-            # try to merge it, so its mutex constraints are never asked
-            continue
         ru = _find(parent, u)
-        rv = _find(parent, v)
+        rv = _find(parent, u + steps[c])
         if ru == rv:
             continue
         a_rec = root[ru]
@@ -409,7 +409,7 @@ def _agglomerate(
             state[3] = need
             state[4] = room
             return i
-        if attractive:
+        if keys[i] & one:  # the attractive flag
             su = a_rec[_SEED]
             sv = b_rec[_SEED]
             if su != 0 and sv != 0 and su != sv:
@@ -613,18 +613,16 @@ def _run(
     keys = np.empty(capacity, dtype=np.uint64)
     order = np.empty(capacity, dtype=np.uint32)
     touched = np.zeros(nvox, dtype=np.bool_)
-    n = _edge_keys(
-        bits,
-        shape,
-        offset_array,
-        stride_array,
-        origin_array,
-        bool(randomized_strides),
-        wide,
-        keys,
-        order,
-        touched,
-    )
+    if seeds is not None:
+        seeds = np.asarray(seeds)
+        if seeds.shape != spatial:
+            raise ValueError(f"seeds have shape {seeds.shape}, weights {spatial}")
+        # a seeded voxel belongs to its seed's cluster, which may merge
+        touched |= seeds.ravel() != 0
+    edges = (bits, shape, offset_array, stride_array, origin_array)
+    edges += (bool(randomized_strides), wide)
+    _edge_keys(*edges, True, keys, order, touched)
+    n = _edge_keys(*edges, False, keys, order, touched)
     keys_tmp = np.empty(n, dtype=np.uint64)
     order_tmp = np.empty(n, dtype=np.uint32)
     if wide:
@@ -645,9 +643,7 @@ def _run(
     root[:, _MW_ID] = parent
     seed_values = np.zeros(1, dtype=np.uint64)
     if seeds is not None:
-        seed_values = _start_seeded(seeds, spatial, parent, root)
-        # a seeded voxel belongs to its seed's cluster, which may merge
-        touched |= np.asarray(seeds).ravel() != 0
+        seed_values = _start_seeded(seeds, parent, root)
     arena = np.empty(max(1024, 4 * nvox), dtype=np.int32)
     table = np.zeros(max(_MIN_TABLE, 1 << int(nvox).bit_length()), dtype=np.uint64)
     state = np.zeros(5, dtype=np.int64)
@@ -663,7 +659,6 @@ def _run(
             n,
             nvox,
             steps,
-            touched,
             parent,
             root,
             arena,
@@ -714,14 +709,11 @@ def _per_channel(
 
 
 def _start_seeded(
-    seeds: np.ndarray, spatial: tuple[int, ...], parent: np.ndarray, root: np.ndarray
+    seeds: np.ndarray, parent: np.ndarray, root: np.ndarray
 ) -> np.ndarray:
     """Voxels sharing a non-zero seed start as one cluster, rooted (and, as
     in mwatershed, named) at the value's first voxel. Returns the seed
     values by seed index (index 0: no seed)."""
-    seeds = np.asarray(seeds)
-    if seeds.shape != spatial:
-        raise ValueError(f"seeds have shape {seeds.shape}, weights {spatial}")
     flat = seeds.ravel().astype(np.uint64)
     seeded = np.flatnonzero(flat)
     values, first, inverse, counts = np.unique(
