@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from volara.kernels.affinities import affinities_from_labels
-from volara.kernels.mws import _run, agglom
+from volara.kernels.mws import _run, agglom, buffers_kept
 from volara.kernels.synthetic import noisy_affinities, random_cells
 from volara.sample_data import DEFAULT_NEIGHBORHOOD
 
@@ -117,6 +117,23 @@ def test_block_equals_mwatershed():
     ours = agglom(weights, DEFAULT_NEIGHBORHOOD, seeds=seeds)
     theirs = reference(weights, DEFAULT_NEIGHBORHOOD, seeds)
     np.testing.assert_array_equal(ours, theirs)
+
+
+def test_kept_buffers_give_what_fresh_ones_give():
+    """Inside `buffers_kept` the kernel reuses its arrays from call to call
+    (larger and smaller volumes alternating, seeds, a table that grows):
+    every result equals the one of a call with fresh arrays."""
+    rng = np.random.default_rng(77)
+    cases = [random_case(rng) for _ in range(40)]
+    block = block_weights()
+    cases[10:10] = [(block, DEFAULT_NEIGHBORHOOD, None, None)]
+    cases[25:25] = [(block[:, :5, :30, :30], DEFAULT_NEIGHBORHOOD, None, None)]
+    fresh = [agglom(w, o, seeds=s, strides=st) for w, o, s, st in cases]
+    with buffers_kept():
+        kept = [agglom(w, o, seeds=s, strides=st) for w, o, s, st in cases]
+    for ours, theirs in zip(kept, fresh, strict=True):
+        np.testing.assert_array_equal(ours, theirs)
+    assert np.unique(kept[10]).size > 20
 
 
 CROP_OFFSETS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (2, 0, 0), (0, -4, 0), (0, 0, 4)]

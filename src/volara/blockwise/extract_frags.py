@@ -274,7 +274,8 @@ class ExtractFrags(GridTask):
             replace_nodes_in_roi(dbs.get(), nodes, block.write_roi)
 
         try:
-            yield process_block
+            with mws_kernel.buffers_kept():
+                yield process_block
         finally:
             dbs.close_all()
 

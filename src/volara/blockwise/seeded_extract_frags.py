@@ -171,7 +171,8 @@ class SeededExtractFrags(GridTask):
             )
             write_region(segs, block.write_roi, labels)
 
-        yield process_block
+        with mws_kernel.buffers_kept():
+            yield process_block
 
 
 def _placed(data: dict) -> bool:

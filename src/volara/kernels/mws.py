@@ -67,7 +67,9 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,42 @@ def _ensure_a_cache_directory() -> None:
 
 
 _ensure_a_cache_directory()
+
+_kept = threading.local()
+
+
+@contextmanager
+def buffers_kept() -> Iterator[None]:
+    """Within: `agglom` keeps its working arrays (about 25 bytes per edge)
+    from one call to the next in this thread, instead of allocating them
+    anew. A worker runs block after block of one size, and each fresh array
+    of hundreds of MB costs the operating system a zeroed page per 4 KiB on
+    first touch. Released when the outermost ``with`` ends."""
+    outer = getattr(_kept, "buffers", None)
+    if outer is None:
+        _kept.buffers = {}
+    try:
+        yield
+    finally:
+        if outer is None:
+            del _kept.buffers
+
+
+def _working_array(name: str, size: int, dtype: Any, zeroed: bool = False):
+    """A 1-D array of ``size``: the one kept under ``name`` (see
+    `buffers_kept`) if it is large enough, else a new one."""
+    buffers = getattr(_kept, "buffers", None)
+    if buffers is None:
+        return np.zeros(size, dtype) if zeroed else np.empty(size, dtype)
+    kept = buffers.get(name)
+    if kept is None or kept.size < size or kept.dtype != dtype:
+        buffers.pop(name, None)  # freed before its successor is allocated
+        kept = buffers[name] = np.empty(size, dtype)
+    array = kept[:size]
+    if zeroed:
+        array.fill(0)
+    return array
+
 
 _DIGIT_BITS = 11
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -610,21 +648,32 @@ def _run(
     bits = weights.reshape(channels, nvox).view(np.uint64 if wide else np.uint32)
 
     capacity = channels * nvox
-    keys = np.empty(capacity, dtype=np.uint64)
-    order = np.empty(capacity, dtype=np.uint32)
-    touched = np.zeros(nvox, dtype=np.bool_)
+    keys = _working_array("keys", capacity, np.uint64)
+    order = _working_array("order", capacity, np.uint32)
+    touched = _working_array("touched", nvox, np.bool_, zeroed=True)
     if seeds is not None:
         seeds = np.asarray(seeds)
         if seeds.shape != spatial:
             raise ValueError(f"seeds have shape {seeds.shape}, weights {spatial}")
         # a seeded voxel belongs to its seed's cluster, which may merge
         touched |= seeds.ravel() != 0
-    edges = (bits, shape, offset_array, stride_array, origin_array)
-    edges += (bool(randomized_strides), wide)
-    _edge_keys(*edges, True, keys, order, touched)
-    n = _edge_keys(*edges, False, keys, order, touched)
-    keys_tmp = np.empty(n, dtype=np.uint64)
-    order_tmp = np.empty(n, dtype=np.uint32)
+    n = 0
+    for marking in (True, False):
+        n = _edge_keys(
+            bits,
+            shape,
+            offset_array,
+            stride_array,
+            origin_array,
+            bool(randomized_strides),
+            wide,
+            marking,
+            keys,
+            order,
+            touched,
+        )
+    keys_tmp = _working_array("keys_tmp", n, np.uint64)
+    order_tmp = _working_array("order_tmp", n, np.uint32)
     if wide:
         # the tie rank and the repulsive flag first, then |w| (bits 1 to 64)
         if _radix_sort(keys, order, keys_tmp, order_tmp, n, 1, 2 + _TIE_BITS):
@@ -637,15 +686,18 @@ def _run(
         keys, order = keys_tmp, order_tmp
     del keys_tmp, order_tmp
 
-    parent = np.arange(nvox, dtype=np.int32)
-    root = np.zeros((nvox, _RECORD), dtype=np.int32)
+    parent = _working_array("parent", nvox, np.int32)
+    parent[:] = np.arange(nvox, dtype=np.int32)
+    root = _working_array("root", nvox * _RECORD, np.int32, zeroed=True)
+    root = root.reshape(nvox, _RECORD)
     root[:, _SIZE] = 1
     root[:, _MW_ID] = parent
     seed_values = np.zeros(1, dtype=np.uint64)
     if seeds is not None:
         seed_values = _start_seeded(seeds, parent, root)
-    arena = np.empty(max(1024, 4 * nvox), dtype=np.int32)
-    table = np.zeros(max(_MIN_TABLE, 1 << int(nvox).bit_length()), dtype=np.uint64)
+    arena = _working_array("arena", max(1024, 4 * nvox), np.int32)
+    table_size = max(_MIN_TABLE, 1 << int(nvox).bit_length())
+    table = _working_array("table", table_size, np.uint64, zeroed=True)
     state = np.zeros(5, dtype=np.int64)
     steps = offset_array[:, 0] * shape[1] * shape[2]
     steps += offset_array[:, 1] * shape[2] + offset_array[:, 2]
@@ -674,7 +726,7 @@ def _run(
             size = _MIN_TABLE
             while 4 * (live.size + state[3]) > size:
                 size *= 2
-            table = np.zeros(size, dtype=np.uint64)
+            table = _working_array("table", size, np.uint64, zeroed=True)
             _fill(table, live)
             state[2] = live.size
             del live
