@@ -259,3 +259,23 @@ def test_a_volara1_dataset_config_loads_and_writable_false_protects_it(tmp_path)
     assert not (tmp_path / "d.zarr" / "mask").exists()
     with pytest.raises(ValueError, match="S3 stores are not supported"):
         Raw(store="x.zarr", s3_kwargs={"endpoint": "e"})
+
+
+def test_block_reads_and_writes_leave_zarrs_settings_as_they_were(tmp_path):
+    """Local block reads and writes decode one chunk at a time, and then put
+    zarr's concurrency back: the rest of the process keeps its own."""
+    from volara.datasets import read_region, write_region
+
+    data = np.arange(8 * 12 * 12, dtype=np.uint64).reshape(8, 12, 12)
+    write_array(tmp_path / "a.zarr", data, chunk_shape=(4, 4, 4))
+    array = Labels(store=tmp_path / "a.zarr").array("r+")
+    before = zarr.config.get("async.concurrency")
+    inside = Roi((2, 3, 3), (4, 6, 6))
+    np.testing.assert_array_equal(read_region(array, inside), data[2:6, 3:9, 3:9])
+    past_the_edge = Roi((6, 9, 9), (4, 6, 6))
+    expected = np.zeros((4, 6, 6), dtype=np.uint64)
+    expected[:2, :3, :3] = data[6:, 9:, 9:]
+    np.testing.assert_array_equal(read_region(array, past_the_edge), expected)
+    write_region(array, inside, np.full((4, 6, 6), 7, dtype=np.uint64))
+    assert (np.asarray(zarr.open_array(tmp_path / "a.zarr")[2:6, 3:9, 3:9]) == 7).all()
+    assert zarr.config.get("async.concurrency") == before

@@ -14,6 +14,7 @@ import logging
 import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +23,7 @@ import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array, open_ds, prepare_ds
 from pydantic import Field, StrictInt, field_validator
+from zarr.storage import LocalStore
 
 from .utils import OpenMode, PydanticCoordinate, StrictBaseModel
 
@@ -328,17 +330,18 @@ def read_region(array: Array, roi: Roi, fill_value: Any = 0) -> np.ndarray:
         return array.to_ndarray(roi, fill_value=fill_value)
     channels, begin, end = _voxel_bounds(array, source, roi)
     extent = source.shape[len(channels) :]
-    if _within(begin, end, extent):
-        return np.asarray(source[(*channels, *map(slice, begin, end))])
-    data = np.full(
-        (*source.shape[: len(channels)], *np.subtract(end, begin)),
-        fill_value,
-        dtype=source.dtype,
-    )
-    low, high = np.maximum(begin, 0), np.minimum(end, extent)
-    if np.all(high > low):
-        inside = map(slice, low - begin, high - begin)
-        data[(*channels, *inside)] = source[(*channels, *map(slice, low, high))]
+    with _chunks_in_turn(source):
+        if _within(begin, end, extent):
+            return np.asarray(source[(*channels, *map(slice, begin, end))])
+        data = np.full(
+            (*source.shape[: len(channels)], *np.subtract(end, begin)),
+            fill_value,
+            dtype=source.dtype,
+        )
+        low, high = np.maximum(begin, 0), np.minimum(end, extent)
+        if np.all(high > low):
+            inside = map(slice, low - begin, high - begin)
+            data[(*channels, *inside)] = source[(*channels, *map(slice, low, high))]
     return data
 
 
@@ -351,10 +354,24 @@ def write_region(array: Array, roi: Roi, data: np.ndarray) -> None:
     if source is not None:
         channels, begin, end = _voxel_bounds(array, source, roi)
         if _within(begin, end, source.shape[len(channels) :]):
-            source[(*channels, *map(slice, begin, end))] = data
+            with _chunks_in_turn(source):
+                source[(*channels, *map(slice, begin, end))] = data
             return
     # funlib applies lazy slices and reports a region outside the array
     array[roi] = data
+
+
+def _chunks_in_turn(source: zarr.Array) -> Any:
+    """Within: zarr reads and writes the chunks of ``source`` one after
+    the other if it is on a local disk. By default zarr decodes up to ten
+    chunks at once in threads; a block worker already has a core of its
+    own, and there the threads cost more than they save (two workers
+    reading yardstick blocks: 28% less time, 28% less CPU one chunk at a
+    time). Remote stores keep their concurrency: there it hides latency."""
+    if isinstance(source.store_path.store, LocalStore):
+        # applied now, undone when the ``with`` ends
+        return zarr.config.set({"async.concurrency": 1})
+    return nullcontext()
 
 
 def _plain_zarr(array: Array) -> zarr.Array | None:

@@ -54,7 +54,10 @@ negative, also longer than the array), seeds and strides. What differs:
   position and channel falls below ``1/prod(stride)``: deterministic, and
   the same for an edge in every crop.
 
-How: one uint64 sort key per edge (the inverted bits of ``|w|``, the tie
+How: repulsive edges at voxels that no attractive edge touches are left
+out (such a voxel stays alone, so its constraints are never asked: on a
+block past the volume's edge, padded with zeros, that is most edges); one
+uint64 sort key per remaining edge (the inverted bits of ``|w|``, the tie
 rank, the attractive flag) sorted by an LSD radix sort; float64 weights sort
 twice (the tie rank, then the full 64-bit ``|w|`` key), unless every weight
 is exactly a float32. A flat union-find (path halving, union by size);
