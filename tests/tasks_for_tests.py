@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import networkx as nx
 import numpy as np
@@ -280,6 +280,25 @@ class RecordingCopy(SlowCopy):
             yield process_block
 
 
+class PreloadingRecordingCopy(RecordingCopy):
+    """`RecordingCopy` whose workers ask the prefork host to call
+    `note_preloaded` before it forks them."""
+
+    task_type: Literal["test-preloading-recording-copy"] = (
+        "test-preloading-recording-copy"
+    )
+    worker_imports: ClassVar[tuple[str, ...]] = ("tasks_for_tests:note_preloaded",)
+
+
+PRELOADED_IN: int | None = None
+"""The process that called `note_preloaded` (recorded with every block)."""
+
+
+def note_preloaded() -> None:
+    global PRELOADED_IN
+    PRELOADED_IN = os.getpid()
+
+
 def _pause_first_block(pause_file: Path | None) -> None:
     if pause_file is None:
         return
@@ -299,5 +318,6 @@ def _record_process(path: Path) -> None:
         "ppid": parent,
         "parent_command": parent_command,
         "random": float(np.random.random()),
+        "preloaded_in": PRELOADED_IN,
     }
     path.write_text(json.dumps(record))

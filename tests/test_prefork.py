@@ -19,7 +19,7 @@ import zarr
 
 from conftest import write_array
 from processes import alive, command_of, parent_of
-from tasks_for_tests import RecordingCopy
+from tasks_for_tests import PreloadingRecordingCopy, RecordingCopy
 from volara import prefork
 from volara.datasets import Labels
 
@@ -84,6 +84,29 @@ def test_blocks_run_in_workers_forked_from_the_host(tmp_path):
     task.run_blockwise(progress=False)
     assert_copied(task)
     assert {record["ppid"] for record in records(task)} == {host}
+
+
+def test_the_host_calls_the_functions_tasks_name_before_it_forks(tmp_path):
+    """``worker_imports`` entries ``module:function``: the host imports the
+    module and calls the function once, and every forked worker inherits
+    what it did (ExtractFrags loads its compiled kernel this way)."""
+    # a driver of its own: this process's host may have started without it
+    script = (
+        "import sys; from pathlib import Path; "
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+        "from test_prefork import preloading_copy; "
+        f"preloading_copy(Path({str(tmp_path)!r})).run_blockwise(progress=False)"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+    seen = [json.loads(p.read_text()) for p in (tmp_path / "records").glob("*.json")]
+    assert len(seen) == 32
+    assert {record["preloaded_in"] for record in seen} == {seen[0]["ppid"]}
+    assert "volara.prefork" in seen[0]["parent_command"]
+
+
+def preloading_copy(tmp_path: Path) -> PreloadingRecordingCopy:
+    copy = recording_copy(tmp_path)
+    return PreloadingRecordingCopy(**copy.model_dump(exclude={"task_type"}))
 
 
 def test_volara_prefork_0_runs_plain_daisy_workers(tmp_path, monkeypatch):

@@ -460,11 +460,14 @@ def _serve(address: str, driver_sys_path: list[str]) -> None:
 
     for module in _PRELOAD:
         importlib.import_module(module)
-    for module in filter(None, os.environ.pop(_PRELOAD_VARIABLE, "").split(",")):
+    for entry in filter(None, os.environ.pop(_PRELOAD_VARIABLE, "").split(",")):
+        module, _, function = entry.partition(":")
         try:
-            importlib.import_module(module)
-        except ImportError:
-            pass  # the worker that needs it reports it
+            loaded = importlib.import_module(module)
+            if function:
+                getattr(loaded, function)()
+        except Exception:
+            pass  # the worker that needs it does it again, and reports it
     server = _Server(listener)
     try:
         server.serve()

@@ -97,7 +97,9 @@ class BlockwiseTask(StrictBaseModel, ABC):
 
     worker_imports: ClassVar[tuple[str, ...]] = ()
     """Modules this task's workers import that are slow to import (e.g.
-    torch): the prefork host imports them once, before it forks workers."""
+    torch), or ``module:function`` to call a function after the import
+    (e.g. loading compiled kernels): the prefork host does it once, before
+    it forks workers."""
 
     _out_array_dtype: np.dtype = np.dtype(np.uint8)
     _upstream_outputs: frozenset[str] = frozenset()

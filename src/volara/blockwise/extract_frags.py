@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
@@ -153,6 +153,7 @@ class ExtractFrags(GridTask):
     in the context are computed then discarded."""
     fit: Literal["shrink"] = "shrink"
     read_write_conflict: Literal[False] = False
+    worker_imports: ClassVar[tuple[str, ...]] = ("volara.kernels.mws:warm_up",)
 
     @model_validator(mode="after")
     def _check_per_offset_fields(self) -> ExtractFrags:

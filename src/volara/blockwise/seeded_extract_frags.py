@@ -14,7 +14,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
@@ -85,6 +85,7 @@ class SeededExtractFrags(GridTask):
     within the context are still labelled inside the block."""
     fit: Literal["shrink"] = "shrink"
     read_write_conflict: Literal[False] = False
+    worker_imports: ClassVar[tuple[str, ...]] = ("volara.kernels.mws:warm_up",)
 
     @model_validator(mode="after")
     def _check_per_offset_fields(self) -> SeededExtractFrags:
