@@ -147,3 +147,30 @@ def test_mean_affinities_without_fragments():
     )
     assert u.size == v.size == means["a"].size == 0
     assert u.dtype == np.uint64
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "uint8", "uint16"])
+def test_weights_without_options_are_the_plain_sum_to_the_bit(dtype):
+    """Edge weights of affinities without mask, noise, smoothing or decay
+    (one pass) equal the general path's ``(0 + bias) + affinity`` in its
+    precision, to the bit: the order of nearly equal edges depends on it."""
+    from volara.kernels.mutex_watershed import _edge_weights, affinities_as_float
+
+    rng = np.random.default_rng(3)
+    raw = rng.uniform(0, 1, size=(3, 4, 5, 6))
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        affs = (raw * np.iinfo(dtype).max).astype(dtype)
+    else:
+        affs = raw.astype(dtype)
+    bias = [-0.4, -0.7, -0.55]
+    neighborhood = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    values = affinities_as_float(affs)
+    column = np.asarray(bias, dtype=values.dtype).reshape(-1, 1, 1, 1)
+    expected = np.zeros_like(values)
+    expected += column
+    expected += values
+    if np.issubdtype(affs.dtype, np.integer):
+        expected = expected.astype(np.float32)
+    weights = _edge_weights(affs, neighborhood, bias, None, None, None, 0)
+    assert weights.dtype == expected.dtype
+    assert weights.tobytes() == expected.tobytes()
