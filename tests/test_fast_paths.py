@@ -9,7 +9,7 @@ import pytest
 from funlib.geometry import Roi
 
 from conftest import write_array
-from volara.datasets import Labels, Raw, read_region, write_region
+from volara.datasets import ChunkCache, Labels, Raw, read_region, write_region
 from volara.kernels import agglomeration
 from volara.kernels.agglomeration import dense_labels, mean_affinities
 
@@ -52,6 +52,83 @@ def test_read_region_equals_to_ndarray(channel_array, begin, shape):
         == (2, *(s // v for s, v in zip(shape, VOXEL_SIZE, strict=True)))
     )
     np.testing.assert_array_equal(direct, expected)
+
+
+ROIS = [
+    ((4, 6, 2), (10, 18, 7)),
+    ((6, 9, 3), (4, 6, 3)),
+    ((0, 0, 0), (8, 12, 4)),
+    ((10, 18, 6), (6, 12, 6)),
+    ((40, 40, 40), (2, 3, 1)),
+]
+
+
+@pytest.mark.parametrize("channels_per_chunk", [2, 1])
+@pytest.mark.parametrize("max_bytes", [2**20, 200])
+def test_read_region_with_kept_chunks_equals_to_ndarray(
+    tmp_path, channels_per_chunk, max_bytes
+):
+    """Reads through one `ChunkCache`, region after region (overlapping,
+    sticking out, chunks split along the channels, a cache too small for
+    more than a chunk or two): what funlib reads."""
+    data = np.arange(2 * 5 * 6 * 7, dtype=np.float32).reshape(2, 5, 6, 7)
+    chunk_shape = (channels_per_chunk, 2, 4, 3)
+    store = tmp_path / "data.zarr/affs"
+    write_array(store, data, VOXEL_SIZE, OFFSET, chunk_shape)
+    array = Labels(store=store).array("r")
+    cache = ChunkCache(max_bytes)
+    for begin, shape in ROIS + ROIS[::-1]:
+        roi = Roi(begin, shape)
+        kept = read_region(array, roi, fill_value=-1, cache=cache)
+        np.testing.assert_array_equal(kept, array.to_ndarray(roi, fill_value=-1))
+        assert cache.nbytes <= max_bytes
+
+
+def test_kept_chunks_are_decoded_once(channel_array):
+    array, data = channel_array
+    cache = ChunkCache()
+    roi = Roi((6, 9, 3), (4, 6, 3))
+    read_region(array, roi, cache=cache)
+    first = cache.decoded
+    assert first == 2 * 1 * 2  # voxels z 1-2, y 1-2, x 1-3 in chunks (2, 4, 3)
+    again = read_region(array, roi, cache=cache)
+    assert cache.decoded == first
+    np.testing.assert_array_equal(again, data[:, 1:3, 1:3, 1:4])
+
+
+def test_inputs_written_upstream_or_of_unknown_origin_are_not_kept(tmp_path):
+    """In a pipeline, AffAgglom keeps the chunks of the affinities (nothing
+    writes them) but not of the fragments ExtractFrags writes while it
+    runs; a task loaded from its config file (a cluster worker) keeps
+    none, since it cannot tell."""
+    from volara.blockwise import AffAgglom, ExtractFrags
+    from volara.blockwise.registry import load_task, task_config
+    from volara.datasets import Affs
+    from volara.dbs import SQLite
+    from volara.sample_data import generate_sample_data
+
+    generate_sample_data(tmp_path / "data.zarr", shape=(8, 16, 16), num_cells=3)
+    affs = Affs(store=tmp_path / "data.zarr/affinities")
+    fragments = Labels(store=tmp_path / "out.zarr/fragments")
+    shared = dict(
+        db=SQLite(path=tmp_path / "g.sqlite"),
+        affs_data=affs,
+        frags_data=fragments,
+        block_size=(4, 8, 8),
+        context=(2, 2, 2),
+    )
+    extract = ExtractFrags(bias=[-0.5] * len(affs.neighborhood or []), **shared)
+    agglom = AffAgglom(scores={"adj": [(1, 0, 0)]}, **shared)
+    pipeline = extract + agglom
+    pipeline._tell_tasks_their_upstream_outputs()
+    fragments.prepare(
+        (8, 16, 16), (4, 8, 8), (0, 0, 0), (1, 1, 1), None, None, None, np.uint64
+    )
+    assert isinstance(agglom.chunk_cache(affs), ChunkCache)
+    assert agglom.chunk_cache(fragments) is None
+    assert isinstance(extract.chunk_cache(affs), ChunkCache)
+    from_config = load_task(task_config(agglom))
+    assert from_config.chunk_cache(affs) is None
 
 
 def test_read_region_values_by_hand(channel_array):

@@ -156,9 +156,12 @@ class AffAgglom(GridTask):
             name: [tuple(o) for o in offsets] for name, offsets in self.scores.items()
         }
 
+        frags_chunks = self.chunk_cache(self.frags_data)
+        affs_chunks = self.chunk_cache(self.affs_data)
+
         def process_block(block) -> None:
-            frags = read_region(fragments, block.read_roi)
-            affs = read_region(affinities, block.read_roi)
+            frags = read_region(fragments, block.read_roi, cache=frags_chunks)
+            affs = read_region(affinities, block.read_roi, cache=affs_chunks)
             if affs.dtype == np.uint8:
                 affs = affs.astype(np.float32) / 255.0
             u, v, means = mean_affinities(frags, affs, neighborhood, scores)

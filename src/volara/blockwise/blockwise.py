@@ -43,7 +43,7 @@ from funlib.geometry import Coordinate, Roi
 from pydantic import Field, field_validator
 
 from .. import prefork
-from ..datasets import Dataset
+from ..datasets import ChunkCache, Dataset, chunk_cache_for
 from ..dbs import DB
 from ..logging import ensure_daisy_log_basedir, get_log_basedir
 from ..utils import OpenMode, PydanticRoi, StrictBaseModel
@@ -102,7 +102,9 @@ class BlockwiseTask(StrictBaseModel, ABC):
     it forks workers."""
 
     _out_array_dtype: np.dtype = np.dtype(np.uint8)
-    _upstream_outputs: frozenset[str] = frozenset()
+    # set by the pipeline that runs the task; None in a worker that loaded
+    # the task from its config file (a cluster worker), where it is unknown
+    _upstream_outputs: frozenset[str] | None = None
     # set by `benchmark` on the spoofed copy it runs: where stage times go,
     # and the real task's name they are reported under
     _benchmark_db: Path | None = None
@@ -169,7 +171,21 @@ class BlockwiseTask(StrictBaseModel, ABC):
 
     def produced_upstream(self, path: Path | str) -> bool:
         """Whether an earlier task of the running pipeline creates ``path``."""
-        return str(Path(path).absolute()) in self._upstream_outputs
+        return str(Path(path).absolute()) in (self._upstream_outputs or ())
+
+    def chunk_cache(self, dataset: Dataset) -> ChunkCache | None:
+        """A cache of ``dataset``'s decoded chunks for a worker reading it
+        block after block (see `ChunkCache`), unless it may change while
+        this task runs: written by this task or by an earlier task of its
+        pipeline (or not known: in a worker that loaded the task from its
+        config file)."""
+        path = Path(dataset.store)
+        if self._upstream_outputs is None:
+            return None
+        written = {output.absolute() for output in self.output_paths}
+        if self.produced_upstream(path) or path.absolute() in written:
+            return None
+        return chunk_cache_for(dataset.array("r"))
 
     def init(self) -> None:
         """One-time preparation before any block runs: create outputs."""

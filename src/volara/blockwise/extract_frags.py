@@ -20,7 +20,15 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 from pydantic import Field, model_validator
 
-from ..datasets import Affs, Dataset, Labels, Raw, read_region, write_region
+from ..datasets import (
+    Affs,
+    ChunkCache,
+    Dataset,
+    Labels,
+    Raw,
+    read_region,
+    write_region,
+)
 from ..dbs import AnyDB, SQLite, ThreadConnections
 from ..graph_writes import replace_nodes_in_roi
 from ..kernels import mutex_watershed as mws
@@ -269,9 +277,15 @@ class ExtractFrags(GridTask):
         grid = _Grid(affs.voxel_size, affs.roi, self.write_roi.offset, self.write_size)
         dbs = ThreadConnections(self.db)
         seeding = self.seeding
+        chunks = _InputChunks(
+            self.chunk_cache(self.affs_data),
+            None if self.mask_data is None else self.chunk_cache(self.mask_data),
+        )
 
         def process_block(block) -> None:
-            nodes = self.fragments_in_block(block, affs, mask, frags, grid, seeding)
+            nodes = self.fragments_in_block(
+                block, affs, mask, frags, grid, seeding, chunks
+            )
             replace_nodes_in_roi(dbs.get(), nodes, block.write_roi)
 
         try:
@@ -281,18 +295,28 @@ class ExtractFrags(GridTask):
             dbs.close_all()
 
     def fragments_in_block(
-        self, block, affs, mask, frags, grid: _Grid, seeding: Seeding | None
+        self,
+        block,
+        affs,
+        mask,
+        frags,
+        grid: _Grid,
+        seeding: Seeding | None,
+        chunks: _InputChunks | None = None,
     ) -> dict[int, dict]:
         """Compute, write and describe the fragments of one block; returns
         the nodes to store, by id."""
         voxel_size = grid.voxel_size
-        data = read_region(affs, block.read_roi)
+        chunks = chunks or _InputChunks(None, None)
+        data = read_region(affs, block.read_roi, cache=chunks.affs)
         if np.issubdtype(data.dtype, np.floating) and np.isnan(data).any():
             raise ValueError(
                 f"{type(self).__name__}.affs_data: {self.affs_data.store!s} has NaN "
                 f"affinities in {block.read_roi}; fix or mask them"
             )
-        inside = read_region(mask, block.read_roi) > 0 if mask is not None else None
+        inside = None
+        if mask is not None:
+            inside = read_region(mask, block.read_roi, cache=chunks.mask) > 0
         block_index = (block.write_roi.offset - grid.first_block) / grid.block_size
         crop = _crop(block.read_roi, block.write_roi, voxel_size)
         fragments = mws.extract_fragments(
@@ -468,6 +492,13 @@ class ExtractFrags(GridTask):
             noise_eps=self.noise_eps,
             noise_seed=seed if seed is not None else 0,
         )
+
+
+class _InputChunks(NamedTuple):
+    """The decoded-chunk caches of a worker's inputs (None: read afresh)."""
+
+    affs: ChunkCache | None
+    mask: ChunkCache | None
 
 
 class _Grid(NamedTuple):

@@ -150,12 +150,17 @@ class SeededExtractFrags(GridTask):
         skeletons = _Skeletons(self)
         voxel_size = affs.voxel_size
 
+        affs_chunks = self.chunk_cache(self.affs_data)
+        mask_chunks = None
+        if self.mask_data is not None:
+            mask_chunks = self.chunk_cache(self.mask_data)
+
         def process_block(block) -> None:
-            data = read_region(affs, block.read_roi)
+            data = read_region(affs, block.read_roi, cache=affs_chunks)
             seeds = skeletons.seeds(block.read_roi, voxel_size)
             inside = None
             if mask is not None:
-                inside = read_region(mask, block.read_roi) > 0
+                inside = read_region(mask, block.read_roi, cache=mask_chunks) > 0
             begin = (block.write_roi.offset - block.read_roi.offset) / voxel_size
             end = begin + block.write_roi.shape / voxel_size
             labels = mutex_watershed(
