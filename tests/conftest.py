@@ -148,9 +148,9 @@ class S3Server:
     def filesystem(self) -> Any:
         import s3fs
 
-        return s3fs.S3FileSystem(
-            **self.s3_kwargs, skip_instance_cache=True, use_listings_cache=False
-        )
+        filesystem = s3fs.S3FileSystem(**self.s3_kwargs, use_listings_cache=False)
+        filesystem.invalidate_cache()
+        return filesystem
 
 
 def _free_ports(count: int) -> list[int]:
@@ -239,6 +239,9 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         "-s3",
         f"-s3.port={s3}",
         f"-s3.config={config}",
+        # catalog servers on fixed default ports: not needed, and could clash
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
         # small volumes: the tests write megabytes, not gigabytes
         "-master.volumeSizeLimitMB=64",
     ]

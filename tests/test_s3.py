@@ -26,6 +26,7 @@ from volara.datasets import (
     write_region,
 )
 from volara.dbs import SQLite
+from volara.logging import set_log_basedir
 from volara.lut import LUT
 from volara.sample_data import generate_sample_data
 
@@ -40,9 +41,10 @@ def _no_local_url_folders(root: Path) -> None:
 
 
 def _objects(server: S3Server, url: str) -> list[str]:
-    filesystem = server.filesystem()
-    path = url.split("://", 1)[1]
-    return sorted(filesystem.find(path)) if filesystem.exists(path) else []
+    """The objects stored under ``url`` (SeaweedFS lists an emptied folder
+    as a directory for a while: not an object)."""
+    found = server.filesystem().find(url.split("://", 1)[1], detail=True)
+    return sorted(name for name, info in found.items() if info["type"] == "file")
 
 
 def _dataset(cls: type[Dataset], url: str, server: S3Server) -> Dataset:
@@ -225,6 +227,14 @@ def test_bad_endpoint_or_credentials_fail_before_any_block(
     assert _objects(seaweedfs, url) == []
 
 
+def test_a_missing_bucket_is_named_before_any_block(seaweedfs, tmp_path):
+    url = f"s3://no-such-bucket/{seaweedfs.url('out.zarr', 'mask')[5:]}"
+    task = _threshold_into(tmp_path, Labels(store=url, s3_kwargs=seaweedfs.s3_kwargs))
+    with pytest.raises(FileNotFoundError, match="has no bucket 'no-such-bucket'"):
+        task.run_blockwise(progress=False)
+    assert not any((tmp_path / "volara_logs").glob("*-meta"))
+
+
 def test_bad_credentials_for_a_lut_name_the_field(seaweedfs, tmp_path):
     lut = LUT(path=seaweedfs.url("lut"), s3_kwargs=_bad_options(seaweedfs, "secret"))
     with pytest.raises(PermissionError, match="LUT.path: the S3 server"):
@@ -286,7 +296,10 @@ def test_pipeline_on_s3_equals_the_local_run(seaweedfs, tmp_path):
         "segments": Labels(store=tmp_path / "sample.zarr" / "segments"),
         "lut": LUT(path=tmp_path / "lut.npz"),
     }
-    _segmentation_pipeline(
+    # block tracking of each run in its own directory: the tasks have the
+    # same names in both
+    set_log_basedir(tmp_path / "local_logs")
+    local_states = _segmentation_pipeline(
         local_affs,
         local["fragments"],
         local["segments"],
@@ -315,6 +328,7 @@ def test_pipeline_on_s3_equals_the_local_run(seaweedfs, tmp_path):
         "segments": Labels(store=f"{container}/segments", s3_kwargs=options),
         "lut": LUT(path=f"{container}/lut", s3_kwargs=options),
     }
+    set_log_basedir(tmp_path / "s3_logs")
     states = _segmentation_pipeline(
         remote_affs,
         remote["fragments"],
@@ -323,9 +337,12 @@ def test_pipeline_on_s3_equals_the_local_run(seaweedfs, tmp_path):
         _graph_db(tmp_path / "remote.sqlite"),
     ).run_blockwise(progress=False)
 
-    for name, state in states.items():
+    for name, state in [*local_states.items(), *states.items()]:
         assert state.failed_count == 0, name
         assert state.completed_count == state.total_block_count, name
+    assert [s.completed_count for s in states.values()] == [
+        s.completed_count for s in local_states.values()
+    ]
     for what in ("fragments", "segments"):
         here, there = local[what].array("r"), remote[what].array("r")
         assert there.roi == here.roi

@@ -130,12 +130,12 @@ class Dataset(StrictBaseModel, ABC):
         # writable, which callables would not be
         return [(step if isinstance(step, int) else list(step),) for step in channels]
 
-    @field_validator("store")
+    @field_validator("store", mode="wrap")
     @classmethod
-    def _store_as_path(cls, store: Path | str) -> Path | str:
+    def _store_as_path(cls, store: Any, handler: Any) -> Path | str:
         # JSON cannot tell a str from a Path: one type keeps configs equal
         # after a round trip through a file. A url stays a string.
-        return stores.path_or_url(store, "store")
+        return stores.validate_location(store, handler, "store")
 
     @property
     def name(self) -> str:
@@ -487,10 +487,12 @@ class Raw(Dataset):
             return {**stack, "dataset_type": "raw"}
         return stack
 
-    @field_validator("ome_norm")
+    @field_validator("ome_norm", mode="wrap")
     @classmethod
-    def _ome_norm_as_path(cls, ome_norm: Path | str | None) -> Path | str | None:
-        return None if ome_norm is None else stores.path_or_url(ome_norm, "ome_norm")
+    def _ome_norm_as_path(cls, ome_norm: Any, handler: Any) -> Path | str | None:
+        if ome_norm is None:
+            return None
+        return stores.validate_location(ome_norm, handler, "ome_norm")
 
     @property
     def attrs(self) -> dict[str, Any]:

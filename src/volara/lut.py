@@ -45,9 +45,7 @@ class LUT(StrictBaseModel):
         # JSON cannot tell a str from a Path: one type keeps configs equal
         # after a round trip through a file. A url stays a string (a Path
         # would fold its "//").
-        if stores.is_url(path):
-            return path
-        return stores.path_or_url(handler(path), "path")
+        return stores.validate_location(path, handler, "path")
 
     @property
     def is_s3(self) -> bool:

@@ -73,6 +73,16 @@ def path_or_url(location: Path | str, what: str) -> Path | str:
     return Path(location)
 
 
+def validate_location(value: Any, handler: Any, what: str) -> Path | str:
+    """The body of a pydantic ``mode="wrap"`` validator for a ``Path | str``
+    field holding a location: a url is kept as given, before pydantic's
+    union can turn it into a `Path` (JSON cannot tell the two apart);
+    anything else goes through `path_or_url`."""
+    if is_url(value):
+        return value
+    return path_or_url(handler(value), what)
+
+
 def location_key(location: Path | str) -> str:
     """A string naming ``location`` uniquely, to compare the outputs and
     inputs of tasks: a url as given (without a trailing ``/``), a local path
@@ -142,8 +152,9 @@ def filesystem(url: str, s3_kwargs: dict[str, Any] | None, what: str) -> Any:
 
 def check_reachable(url: str, s3_kwargs: dict[str, Any] | None, what: str) -> None:
     """Raise a clear error naming ``what`` if the server of ``url`` does not
-    answer (`ConnectionError`), or refuses the credentials
-    (`PermissionError`). Other protocols only need their package."""
+    answer (`ConnectionError`), refuses the credentials (`PermissionError`),
+    or has no bucket of that name (`FileNotFoundError`). Other protocols
+    only need their package."""
     require_backend(url, what)
     if protocol(url) not in _S3_PROTOCOLS:
         return
@@ -161,17 +172,24 @@ def _ask_server(path: str, options: dict[str, Any], url: str, what: str) -> None
     import s3fs
 
     config = {**(options.get("config_kwargs") or {}), **_CHECK_CONFIG}
-    s3 = s3fs.S3FileSystem(
-        **{**options, "config_kwargs": config},
-        retries=1,
-        skip_instance_cache=True,
-        use_listings_cache=False,
-    )
+    # a cached instance (its own, as its options differ): one whose session
+    # is closed by the garbage collector logs errors from the wrong loop
+    s3 = s3fs.S3FileSystem(**{**options, "config_kwargs": config})
+    s3.retries = 1  # s3fs's own retries, on top of botocore's (a class default)
+    s3.invalidate_cache()
     endpoint = _endpoint(options)
+    bucket = path.split("/", 1)[0]
     try:
-        s3.info(path)
+        # the array itself, or, if it is not there (yet), its bucket: any
+        # web server says "not found", only an S3 server knows the bucket
+        if not s3.exists(path) and not s3.exists(bucket):
+            raise FileNotFoundError(
+                f"{what}: the server at {endpoint} has no bucket {bucket!r} for "
+                f"{url}. Create the bucket, or check s3_kwargs' endpoint_url (is "
+                "it an S3 server?)."
+            )
     except FileNotFoundError:
-        pass  # the server answered: the array is not there (yet)
+        raise
     except PermissionError as e:
         raise PermissionError(
             f"{what}: the S3 server at {endpoint} refused access to {url} ({e}). "
