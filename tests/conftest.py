@@ -258,9 +258,10 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         _wait_for_s3(server, process, log)
         yield server
     finally:
+        # weed takes its time over a clean shutdown; the data is thrown away
         process.terminate()
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=3)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()

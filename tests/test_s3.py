@@ -3,6 +3,7 @@ real S3 server (SeaweedFS, the `seaweedfs` fixture); no mocks."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 import time
@@ -120,6 +121,19 @@ def test_affs_reads_its_neighborhood_from_s3(seaweedfs):
     assert [tuple(o) for o in affs.neighborhood or []] == [
         tuple(o) for o in NEIGHBORHOOD
     ]
+
+
+def test_boto3_option_names_reach_the_server(seaweedfs):
+    # volara 1 configs may carry boto3's names; s3fs calls them key/secret
+    options = {
+        "aws_access_key_id": seaweedfs.s3_kwargs["key"],
+        "aws_secret_access_key": seaweedfs.s3_kwargs["secret"],
+        "region_name": "us-east-1",
+        "endpoint_url": seaweedfs.endpoint,
+    }
+    labels = Labels(store=seaweedfs.url("b.zarr", "labels"), s3_kwargs=options)
+    _prepare(labels, (), np.uint8)
+    assert labels.exists() and labels.array("r").shape == (8, 12, 12)
 
 
 def test_a_folded_url_is_refused_not_written_locally(tmp_path):
@@ -349,4 +363,7 @@ def test_pipeline_on_s3_equals_the_local_run(seaweedfs, tmp_path):
         np.testing.assert_array_equal(there[there.roi], here[here.roi])
     np.testing.assert_array_equal(remote["lut"].load(), local["lut"].load())
     assert len(np.unique(remote["segments"].array("r")[:])) > 10
+    # block tracking stays local, keyed by the urls the tasks write
+    layout = tmp_path / "s3_logs" / "segments-relabel-meta" / "layout.json"
+    assert json.loads(layout.read_text())["outputs"] == [f"{container}/segments"]
     _no_local_url_folders(tmp_path)

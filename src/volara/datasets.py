@@ -158,9 +158,10 @@ class Dataset(StrictBaseModel, ABC):
         return {**self.zarr_kwargs, "storage_options": options}
 
     def check_reachable(self, what: str | None = None) -> None:
-        """For a url: raise a clear error if its server does not answer
-        (`ConnectionError`) or refuses the credentials (`PermissionError`),
-        within seconds. ``what`` names the dataset in the message (default
+        """For a url: raise a clear error, within seconds, if its server does
+        not answer (`ConnectionError`), refuses the credentials
+        (`PermissionError`) or has no such bucket (`FileNotFoundError`).
+        ``what`` names the dataset in the message (default
         ``<class>.store``). Does nothing for a local store."""
         if isinstance(self.store, str):
             what = what or f"{type(self).__name__}.store"

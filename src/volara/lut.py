@@ -83,8 +83,8 @@ class LUT(StrictBaseModel):
 
     def check_reachable(self, what: str = "LUT.path") -> None:
         """For a url: raise a clear error, naming ``what``, if volara cannot
-        use its protocol, or its server does not answer or refuses the
-        credentials. Does nothing for a local file."""
+        use its protocol, or its server does not answer, refuses the
+        credentials or has no such bucket. Does nothing for a local file."""
         if self.is_s3:
             stores.check_reachable(self.uri, self.s3_kwargs, what)
 

@@ -252,9 +252,9 @@ class BlockwiseTask(StrictBaseModel, ABC):
 
     def check_stores(self) -> None:
         """Raise a clear error naming the field if a dataset or look-up table
-        of this task is on a server that does not answer or refuses the
-        credentials (local stores are not checked). Takes seconds, not the
-        minutes of retries a block would spend."""
+        of this task is on a server that does not answer, refuses the
+        credentials or lacks the bucket (local stores are not checked).
+        Takes seconds, not the minutes of retries a block would spend."""
         for where, stored in self._stored_things():
             stored.check_reachable(where)
 
