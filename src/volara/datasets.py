@@ -6,6 +6,9 @@ by `Roi` in world units. The subclasses say what the array holds, which
 decides the attributes written next to it (`Affs` writes its neighborhood) and
 the lazy operations applied on reading (every dataset selects `channels`;
 `Raw` also normalizes and stacks).
+
+A store is a local path or an ``s3://`` url, read and written through zarr's
+fsspec store and s3fs with the dataset's ``s3_kwargs`` (see `volara.stores`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -28,6 +31,7 @@ from funlib.persistence import Array, open_ds, prepare_ds
 from pydantic import Field, StrictInt, field_validator
 from zarr.storage import LocalStore
 
+from . import stores
 from .utils import OpenMode, PydanticCoordinate, StrictBaseModel
 
 logger = logging.getLogger(__name__)
@@ -45,7 +49,9 @@ class Dataset(StrictBaseModel, ABC):
     """
 
     store: Path | str
-    """Path of the zarr array, e.g. ``data.zarr/raw``. Local paths only."""
+    """Where the zarr array is: a local path, e.g. ``data.zarr/raw``, or an
+    S3 url, e.g. ``s3://bucket/data.zarr/raw`` (needs ``pip install
+    "volara[s3]"``; endpoint and credentials in `s3_kwargs`)."""
     voxel_size: PydanticCoordinate | None = None
     """Size of one voxel in world units (e.g. nm), one value per spatial axis.
     Overrides the array's metadata."""
@@ -85,18 +91,12 @@ class Dataset(StrictBaseModel, ABC):
     """Extra keyword arguments for zarr when the array is opened or created
     (e.g. ``{"compressors": ...}``); passed through funlib.persistence."""
     s3_kwargs: dict[str, Any] | None = None
-    """Accepted so volara 1 configs load; must stay unset, volara 2 reads and
-    writes local (or network-mounted) stores only."""
-
-    @field_validator("s3_kwargs")
-    @classmethod
-    def _no_s3(cls, s3_kwargs: dict[str, Any] | None) -> None:
-        if s3_kwargs is not None:
-            raise ValueError(
-                "S3 stores are not supported by volara 2: leave s3_kwargs unset and "
-                "copy or mount the data on a file system"
-            )
-        return None
+    """How to reach an ``s3://`` store: options of ``s3fs.S3FileSystem``, e.g.
+    ``{"key": ..., "secret": ..., "endpoint_url": "http://host:8333"}`` for
+    an S3-compatible server (boto3's ``aws_access_key_id``,
+    ``aws_secret_access_key`` and ``region_name`` work too). ``None``:
+    credentials and endpoint from the environment (``AWS_ACCESS_KEY_ID``,
+    ``~/.aws``, ...). Unused for local stores."""
 
     @field_validator("channels")
     @classmethod
@@ -133,19 +133,47 @@ class Dataset(StrictBaseModel, ABC):
         # writable, which callables would not be
         return [(step if isinstance(step, int) else list(step),) for step in channels]
 
-    @field_validator("store")
+    @field_validator("store", mode="wrap")
     @classmethod
-    def _store_as_path(cls, store: Path | str) -> Path:
+    def _store_as_path(cls, store: Any, handler: Any) -> Path | str:
         # JSON cannot tell a str from a Path: one type keeps configs equal
-        # after a round trip through a file.
-        return Path(store)
+        # after a round trip through a file. A url stays a string.
+        return stores.validate_location(store, handler, "store")
 
     @property
     def name(self) -> str:
         """The last component of the store path. Task names are built from it,
         so two runs writing differently named datasets keep separate logs and
         block tracking."""
-        return Path(str(self.store).rstrip("/")).name
+        return PurePosixPath(str(self.store).split("://", 1)[-1].rstrip("/")).name
+
+    @property
+    def is_remote(self) -> bool:
+        """Whether the store is a url (``s3://...``) rather than a local path."""
+        return stores.is_url(self.store)
+
+    def _zarr_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for zarr: `zarr_kwargs`, and for a url the
+        filesystem options (`s3_kwargs`)."""
+        if not isinstance(self.store, str):
+            return dict(self.zarr_kwargs)
+        options = stores.storage_options(self.store, self.s3_kwargs)
+        return {**self.zarr_kwargs, "storage_options": options}
+
+    def check_reachable(self, what: str | None = None) -> None:
+        """For a url: raise a clear error, within seconds, if its server does
+        not answer (`ConnectionError`), refuses the credentials
+        (`PermissionError`) or has no such bucket (`FileNotFoundError`).
+        ``what`` names the dataset in the message (default
+        ``<class>.store``). Does nothing for a local store."""
+        if isinstance(self.store, str):
+            what = what or f"{type(self).__name__}.store"
+            stores.check_reachable(self.store, self.s3_kwargs, what)
+
+    def zarr_array(self, mode: OpenMode = "r") -> zarr.Array:
+        """The zarr array itself, without metadata overrides or lazy ops."""
+        self.check_reachable()
+        return zarr.open_array(str(self.store), mode=mode, **self._zarr_kwargs())
 
     @property
     @abstractmethod
@@ -153,9 +181,12 @@ class Dataset(StrictBaseModel, ABC):
         """Attributes written into the zarr array's metadata on `prepare`."""
 
     def exists(self) -> bool:
-        """Whether a zarr array is stored at `store`."""
+        """Whether a zarr array is stored at `store`. For a url, an
+        unreachable server or refused credentials are errors, not ``False``."""
+        self.check_reachable()
         try:
-            return isinstance(zarr.open(str(self.store), mode="r"), zarr.Array)
+            opened = zarr.open(str(self.store), mode="r", **self._zarr_kwargs())
+            return isinstance(opened, zarr.Array)
         except (FileNotFoundError, zarr.errors.NodeTypeValidationError):
             return False
         except Exception:
@@ -171,12 +202,13 @@ class Dataset(StrictBaseModel, ABC):
         }
         if mode != "r":
             self.check_writable()
+        self.check_reachable()
         try:
             array = open_ds(
                 str(self.store),
                 mode=mode,
                 **{k: v for k, v in overrides.items() if v is not None},
-                **self.zarr_kwargs,
+                **self._zarr_kwargs(),
             )
         except (FileNotFoundError, TypeError) as e:
             raise FileNotFoundError(
@@ -247,7 +279,7 @@ class Dataset(StrictBaseModel, ABC):
                 chunk_shape=chunk_shape,
                 dtype=dtype,
                 mode=mode,
-                **self.zarr_kwargs,
+                **self._zarr_kwargs(),
             )
         except PermissionError as e:
             raise PermissionError(
@@ -278,7 +310,7 @@ class Dataset(StrictBaseModel, ABC):
         voxel_size: Coordinate,
         dtype: np.dtype,
     ) -> None:
-        existing = open_ds(str(self.store), mode="r")
+        existing = open_ds(str(self.store), mode="r", **self._zarr_kwargs())
         differences = [
             f"{what}: given {given}, found {found}"
             for what, given, found in [
@@ -308,12 +340,25 @@ class Dataset(StrictBaseModel, ABC):
             )
 
     def drop(self) -> None:
-        """Delete the array from disk. Does nothing if it does not exist."""
+        """Delete the array (from disk, or every object under the url). Does
+        nothing if it does not exist."""
+        if isinstance(self.store, str):
+            self._drop_remote(self.store)
+            return
         path = Path(self.store)
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
+
+    def _drop_remote(self, url: str) -> None:
+        self.check_reachable()
+        filesystem = stores.filesystem(
+            url, self.s3_kwargs, f"{type(self).__name__}.store"
+        )
+        if filesystem.exists(url):
+            filesystem.rm(url, recursive=True)
+        filesystem.invalidate_cache(url)
 
 
 CHUNK_CACHE_BYTES = int(os.environ.get("VOLARA_CHUNK_CACHE_MB", "256")) * 2**20
@@ -517,9 +562,9 @@ class Raw(Dataset):
 
     dataset_type: Literal["raw"] = "raw"
     ome_norm: Path | str | None = None
-    """Path of an OME-Zarr group whose ``omero`` metadata gives, per channel, a
-    ``window`` with ``min`` and ``max``; intensities are mapped to
-    ``(value - min) / (max - min)``."""
+    """Path (or url, reached with `s3_kwargs`) of an OME-Zarr group whose
+    ``omero`` metadata gives, per channel, a ``window`` with ``min`` and
+    ``max``; intensities are mapped to ``(value - min) / (max - min)``."""
     scale_shift: tuple[float, float] | None = None
     """``(scale, shift)``: intensities are read as ``value * scale + shift``
     (float32), e.g. ``(1/255, 0)`` for uint8 data."""
@@ -539,10 +584,12 @@ class Raw(Dataset):
             return {**stack, "dataset_type": "raw"}
         return stack
 
-    @field_validator("ome_norm")
+    @field_validator("ome_norm", mode="wrap")
     @classmethod
-    def _ome_norm_as_path(cls, ome_norm: Path | str | None) -> Path | None:
-        return None if ome_norm is None else Path(ome_norm)
+    def _ome_norm_as_path(cls, ome_norm: Any, handler: Any) -> Path | str | None:
+        if ome_norm is None:
+            return None
+        return stores.validate_location(ome_norm, handler, "ome_norm")
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -554,7 +601,13 @@ class Raw(Dataset):
         """Per-channel ``(min, max)`` from the OMERO metadata of ``ome_norm``."""
         if self.ome_norm is None:
             return None
-        group = zarr.open_group(str(self.ome_norm), mode="r")
+        options: dict[str, Any] = {}
+        if isinstance(self.ome_norm, str):
+            stores.check_reachable(self.ome_norm, self.s3_kwargs, "Raw.ome_norm")
+            options["storage_options"] = stores.storage_options(
+                self.ome_norm, self.s3_kwargs
+            )
+        group = zarr.open_group(str(self.ome_norm), mode="r", **options)
         try:
             # plain JSON metadata: any missing level is a KeyError/TypeError
             channels: Any = group.attrs["omero"]["channels"]  # type: ignore[index,call-overload]
@@ -668,7 +721,7 @@ class Affs(Dataset):
     def _stored_neighborhood(self) -> list[Coordinate] | None:
         if not self.exists():
             return None
-        attrs = zarr.open(str(self.store), mode="r").attrs
+        attrs = self.zarr_array("r").attrs
         if "neighborhood" not in attrs:
             return None
         return [Coordinate(offset) for offset in attrs["neighborhood"]]  # type: ignore[union-attr]

@@ -11,7 +11,6 @@ read and written through fsspec (``s3fs`` for S3), imported only when used.
 from __future__ import annotations
 
 import io
-import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -20,12 +19,12 @@ from typing import Any
 import numpy as np
 from pydantic import field_validator
 
+from . import stores
 from .kernels.relabel import map_values, sorted_mapping
 from .segment_utils import replace_values as replace_values  # volara 1.0.5 import
 from .utils import StrictBaseModel
 
 LUT_KEY = "fragment_segment_lut"
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class LUT(StrictBaseModel):
@@ -36,8 +35,9 @@ class LUT(StrictBaseModel):
     ``s3://bucket/data.zarr/lut.npz``). ``.npz`` is appended when missing."""
     s3_kwargs: dict[str, Any] | None = None
     """Options for the S3 filesystem (``s3fs.S3FileSystem(**s3_kwargs)``),
-    e.g. an ``endpoint_url`` for S3-compatible stores; ``None``: credentials
-    and endpoint from the environment. Only used for remote paths."""
+    e.g. ``key``, ``secret`` and an ``endpoint_url`` for S3-compatible
+    stores (as for datasets, see `volara.stores`); ``None``: credentials and
+    endpoint from the environment. Only used for remote paths."""
 
     @field_validator("path", mode="wrap")
     @classmethod
@@ -45,9 +45,7 @@ class LUT(StrictBaseModel):
         # JSON cannot tell a str from a Path: one type keeps configs equal
         # after a round trip through a file. A url stays a string (a Path
         # would fold its "//").
-        if isinstance(path, str) and _URL.match(path):
-            return path
-        return Path(handler(path))
+        return stores.validate_location(path, handler, "path")
 
     @property
     def is_s3(self) -> bool:
@@ -74,20 +72,25 @@ class LUT(StrictBaseModel):
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
     @property
-    def location(self) -> Path:
-        """The table's place as a path, to compare with other tasks' outputs
-        (the local file, or the url as a path)."""
-        return Path(self.uri) if self.is_s3 else self.file
+    def location(self) -> Path | str:
+        """The table's place, to compare with other tasks' outputs: the local
+        file, or the url."""
+        return self.uri if self.is_s3 else self.file
 
     @property
     def name(self) -> str:
         return PurePosixPath(self.uri).stem
 
-    def _filesystem(self):
-        import fsspec
+    def check_reachable(self, what: str = "LUT.path") -> None:
+        """For a url: raise a clear error, naming ``what``, if volara cannot
+        use its protocol, or its server does not answer, refuses the
+        credentials or has no such bucket. Does nothing for a local file."""
+        if self.is_s3:
+            stores.check_reachable(self.uri, self.s3_kwargs, what)
 
-        protocol = self.uri.split("://", 1)[0]
-        return fsspec.filesystem(protocol, **(self.s3_kwargs or {}))
+    def _filesystem(self):
+        self.check_reachable()
+        return stores.filesystem(self.uri, self.s3_kwargs, "LUT.path")
 
     def exists(self) -> bool:
         if self.is_s3:
@@ -120,14 +123,25 @@ class LUT(StrictBaseModel):
             # written whole in one put: readers see the old or the new table
             buffer = io.BytesIO()
             np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-            filesystem = self._filesystem()
-            filesystem.pipe_file(self.uri, buffer.getvalue())
-            filesystem.invalidate_cache(self.uri)
+            self._put(buffer.getvalue())
             return
         self.file.parent.mkdir(parents=True, exist_ok=True)
         partial = self.file.with_name(self.file.name + ".partial.npz")
         np.savez_compressed(partial, **arrays)  # type: ignore[arg-type]
         partial.replace(self.file)
+
+    def _put(self, content: bytes) -> None:
+        filesystem = self._filesystem()
+        try:
+            filesystem.pipe_file(self.uri, content)
+        except (NotImplementedError, OSError) as e:
+            # e.g. http:// is read-only; a missing bucket or no write right
+            raise OSError(
+                f"LUT.path: cannot write the look-up table to {self.uri} "
+                f"({type(e).__name__}: {e}). Give a writable location: a local "
+                "path or an s3:// url in an existing bucket."
+            ) from e
+        filesystem.invalidate_cache(self.uri)
 
     def load(self) -> np.ndarray | None:
         """The ``(2, n)`` table, or ``None`` if there is none at `path`."""

@@ -36,6 +36,7 @@ from .datasets import Labels
 from .dbs import PostgreSQL
 from .evaluate import Evaluation, evaluate, open_labels
 from .logging import get_log_basedir, set_log_basedir
+from .stores import location_key
 
 SCORES = ("voi_split", "voi_merge", "arand", "seconds")
 
@@ -107,7 +108,7 @@ def plan_sweep(
         affected |= nx.descendants(graph, index)
     order = [i for i in nx.topological_sort(graph) if i in affected]
     moved_outputs = {
-        str(path.absolute()) for i in order for path in tasks[i].output_paths
+        location_key(path) for i in order for path in tasks[i].output_paths
     }
     _check_databases([tasks[i] for i in order], moved_outputs)
     target = _segmentation_to_score([tasks[i] for i in order], segmentation)
@@ -307,7 +308,7 @@ def _check_databases(tasks: list[BlockwiseTask], moved_outputs: set[str]) -> Non
                 "SQLite graph (each combination writes its own file)."
             )
         path = getattr(db, "path", None)
-        if path is not None and str(Path(path).absolute()) not in moved_outputs:
+        if path is not None and location_key(path) not in moved_outputs:
             raise ValueError(
                 f"sweep: {task.task_type} adds to the graph {path!s}, which a task "
                 "that is not varied creates, so every combination would write into "

@@ -47,6 +47,7 @@ from .. import logging as volara_logging
 from ..datasets import Dataset
 from ..dbs import DB, PostgreSQL
 from ..lut import LUT
+from ..stores import location_key
 
 if TYPE_CHECKING:
     from .blockwise import BlockwiseTask
@@ -395,9 +396,7 @@ class _Spoofer:
     def __init__(self, pipeline: Pipeline, spoof_dir: Path):
         self.spoof_dir = spoof_dir
         self.outputs = {
-            str(Path(path).absolute())
-            for task in pipeline.tasks
-            for path in task.output_paths
+            location_key(path) for task in pipeline.tasks for path in task.output_paths
         }
         self.paths: dict[str, Path] = {}
         self.dbs: dict[str, DB] = {}
@@ -436,7 +435,7 @@ class _Spoofer:
         return value
 
     def dataset(self, dataset: Dataset) -> Dataset:
-        key = str(Path(dataset.store).absolute())
+        key = location_key(dataset.store)
         if key in self.outputs or not dataset.exists():
             return dataset.model_copy(
                 update={"store": self.path_for(key, dataset.name)}
@@ -444,7 +443,7 @@ class _Spoofer:
         return dataset.model_copy(update={"writable": False})
 
     def lut(self, lut: LUT) -> LUT:
-        key = str(Path(lut.location).absolute())
+        key = location_key(lut.location)
         if key in self.outputs or not lut.exists():
             spoofed = self.path_for(key, lut.name)
             return lut.model_copy(update={"path": spoofed, "s3_kwargs": None})

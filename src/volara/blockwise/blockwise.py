@@ -46,6 +46,8 @@ from .. import prefork
 from ..datasets import ChunkCache, Dataset, chunk_cache_for
 from ..dbs import DB
 from ..logging import ensure_daisy_log_basedir, get_log_basedir
+from ..lut import LUT
+from ..stores import location_key
 from ..utils import OpenMode, PydanticRoi, StrictBaseModel
 from ..workers import AnyWorker, LocalWorker, Worker
 from .benchmark import BenchmarkLogger
@@ -164,14 +166,15 @@ class BlockwiseTask(StrictBaseModel, ABC):
         return []
 
     @property
-    def output_paths(self) -> list[Path]:
-        """Arrays and files this task creates. In a pipeline, later tasks may
-        name them as inputs before they exist."""
-        return [Path(dataset.store) for dataset in self.output_datasets]
+    def output_paths(self) -> list[Path | str]:
+        """Arrays and files this task creates (local paths, or urls as
+        strings). In a pipeline, later tasks may name them as inputs before
+        they exist."""
+        return [dataset.store for dataset in self.output_datasets]
 
     def produced_upstream(self, path: Path | str) -> bool:
         """Whether an earlier task of the running pipeline creates ``path``."""
-        return str(Path(path).absolute()) in (self._upstream_outputs or ())
+        return location_key(path) in (self._upstream_outputs or ())
 
     def chunk_cache(self, dataset: Dataset) -> ChunkCache | None:
         """A cache of ``dataset``'s decoded chunks for a worker reading it
@@ -179,11 +182,12 @@ class BlockwiseTask(StrictBaseModel, ABC):
         this task runs: written by this task or by an earlier task of its
         pipeline (or not known: in a worker that loaded the task from its
         config file)."""
-        path = Path(dataset.store)
         if self._upstream_outputs is None:
             return None
-        written = {output.absolute() for output in self.output_paths}
-        if self.produced_upstream(path) or path.absolute() in written:
+        written = {location_key(output) for output in self.output_paths}
+        if self.produced_upstream(dataset.store) or (
+            location_key(dataset.store) in written
+        ):
             return None
         return chunk_cache_for(dataset.array("r"))
 
@@ -236,18 +240,18 @@ class BlockwiseTask(StrictBaseModel, ABC):
             "fit": self.fit,
             # task names come from output names only: without this, a run
             # writing b.zarr/seg would skip every block a.zarr/seg finished
-            "outputs": [str(path.absolute()) for path in self.output_paths],
+            "outputs": [location_key(path) for path in self.output_paths],
         }
 
     def _unreadable_input(self) -> OSError | None:
         """An error naming this task's field whose input array is missing or
         unreadable (the dataset's own error only knows its ``store``)."""
-        outputs = {str(path.absolute()) for path in self.output_paths}
+        outputs = {location_key(path) for path in self.output_paths}
         for field in type(self).model_fields:
             dataset = getattr(self, field)
             if (
                 not isinstance(dataset, Dataset)
-                or str(Path(dataset.store).absolute()) in outputs
+                or location_key(dataset.store) in outputs
                 or self.produced_upstream(dataset.store)
             ):
                 continue
@@ -262,6 +266,22 @@ class BlockwiseTask(StrictBaseModel, ABC):
                     "permissions."
                 )
         return None
+
+    def check_stores(self) -> None:
+        """Raise a clear error naming the field if a dataset or look-up table
+        of this task is on a server that does not answer, refuses the
+        credentials or lacks the bucket (local stores are not checked).
+        Takes seconds, not the minutes of retries a block would spend."""
+        for where, stored in self._stored_things():
+            stored.check_reachable(where)
+
+    def _stored_things(self) -> Iterator[tuple[str, Dataset | LUT]]:
+        """Every dataset and look-up table among the fields, with where it
+        is (``Task.field``, ``Task.field[0]``, ``Task.field.stack``)."""
+        for field in type(self).model_fields:
+            yield from _stored_in(
+                getattr(self, field), f"{type(self).__name__}.{field}"
+            )
 
     def _names_a_field(self, error: Exception) -> bool:
         """Whether the task's own check already said which field failed."""
@@ -509,6 +529,9 @@ class BlockwiseTask(StrictBaseModel, ABC):
     def prepare_run(self) -> None:
         """Everything that happens before blocks are handed out: checks, block
         tracking, outputs. Errors here leave no block marked done."""
+        # remote stores first: every later check would wait on a server
+        # that does not answer
+        self.check_stores()
         # check_config first: it reports inputs and dimensions that do not
         # match, which the geometry check would trip over less clearly
         try:
@@ -651,6 +674,20 @@ class BlockwiseTask(StrictBaseModel, ABC):
 
 def _do_nothing(block: daisy.Block) -> None:
     pass
+
+
+def _stored_in(value: Any, where: str) -> Iterator[tuple[str, Dataset | LUT]]:
+    if isinstance(value, Dataset | LUT):
+        yield where, value
+        stack = getattr(value, "stack", None)
+        if stack is not None:
+            yield from _stored_in(stack, f"{where}.stack")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _stored_in(item, f"{where}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _stored_in(item, f"{where}[{key!r}]")
 
 
 def _client_loop(

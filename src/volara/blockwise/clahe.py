@@ -10,7 +10,6 @@ from typing import Any, Literal
 
 import dask
 import numpy as np
-import zarr
 from funlib.geometry import Coordinate, Roi
 from funlib.persistence import Array
 from pydantic import Field, field_validator
@@ -177,7 +176,7 @@ class CLAHE(GridTask):
             self.out_arr, np.uint8, channels=array.shape[: array.channel_dims]
         )
         if self.in_range == "image":
-            output = zarr.open_array(str(self.out_arr.store), mode="r+")
+            output = self.out_arr.zarr_array("r+")
             output.attrs[RANGE_ATTRIBUTE] = [
                 list(r) for r in self._whole_input_ranges()
             ]
@@ -199,7 +198,7 @@ class CLAHE(GridTask):
     def channel_ranges(self) -> list[IntensityRange]:
         """The intensity range of each channel, ``in_range`` resolved."""
         if self.in_range == "image":
-            output = zarr.open_array(str(self.out_arr.store), mode="r")
+            output = self.out_arr.zarr_array("r")
             stored: Any = output.attrs[RANGE_ATTRIBUTE]
             return [(float(low), float(high)) for low, high in stored]
         if isinstance(self.in_range, str):

@@ -239,7 +239,7 @@ class ExtractFrags(GridTask):
         return [self.frags_data]
 
     @property
-    def output_paths(self) -> list[Path]:
+    def output_paths(self) -> list[Path | str]:
         paths = super().output_paths
         if isinstance(self.db, SQLite):
             paths.append(self.db.path)

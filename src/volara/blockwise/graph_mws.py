@@ -121,7 +121,7 @@ class GraphMWS(BlockwiseTask):
         return self.timeout if self.timeout is not None else ONE_BLOCK_TIMEOUT_SECONDS
 
     @property
-    def output_paths(self) -> list[Path]:
+    def output_paths(self) -> list[Path | str]:
         return [self.lut.location]
 
     def check_config(self) -> None:

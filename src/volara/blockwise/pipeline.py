@@ -23,6 +23,7 @@ from funlib.geometry import Roi
 
 from .. import prefork
 from ..logging import ensure_daisy_log_basedir
+from ..stores import location_key
 
 if TYPE_CHECKING:
     from .blockwise import BlockwiseTask
@@ -117,6 +118,10 @@ class Pipeline:
         """
         self._check_unique_names()
         self._tell_tasks_their_upstream_outputs()
+        # every task's remote stores before any task prepares its outputs: a
+        # wrong endpoint in the last task leaves nothing half-made behind
+        for task in self.tasks:
+            task.check_stores()
         ensure_daisy_log_basedir()
         self._start_worker_host(multiprocessing)
         with ExitStack() as stack:
@@ -154,7 +159,7 @@ class Pipeline:
     def _tell_tasks_their_upstream_outputs(self) -> None:
         for task in self.task_graph:
             task._upstream_outputs = frozenset(
-                str(path.absolute())
+                location_key(path)
                 for upstream in nx.ancestors(self.task_graph, task)
                 for path in upstream.output_paths
             )
