@@ -99,8 +99,8 @@ def test_kept_chunks_are_decoded_once(channel_array):
 def test_inputs_written_upstream_or_of_unknown_origin_are_not_kept(tmp_path):
     """In a pipeline, AffAgglom keeps the chunks of the affinities (nothing
     writes them) but not of the fragments ExtractFrags writes while it
-    runs; a task loaded from its config file (a cluster worker) keeps
-    none, since it cannot tell."""
+    runs; a cluster worker, which loads the task from its config file,
+    keeps none, since it cannot tell."""
     from volara.blockwise import AffAgglom, ExtractFrags
     from volara.blockwise.registry import load_task, task_config
     from volara.datasets import Affs
@@ -127,8 +127,9 @@ def test_inputs_written_upstream_or_of_unknown_origin_are_not_kept(tmp_path):
     assert isinstance(agglom.chunk_cache(affs), ChunkCache)
     assert agglom.chunk_cache(fragments) is None
     assert isinstance(extract.chunk_cache(affs), ChunkCache)
-    from_config = load_task(task_config(agglom))
-    assert from_config.chunk_cache(affs) is None
+    in_cluster_worker = load_task(task_config(agglom))
+    in_cluster_worker.mark_upstream_unknown()
+    assert in_cluster_worker.chunk_cache(affs) is None
 
 
 def test_read_region_values_by_hand(channel_array):

@@ -23,6 +23,7 @@ from volara.datasets import (
     Dataset,
     Labels,
     Raw,
+    chunk_cache_for,
     read_region,
     write_region,
 )
@@ -121,6 +122,15 @@ def test_affs_reads_its_neighborhood_from_s3(seaweedfs):
     assert [tuple(o) for o in affs.neighborhood or []] == [
         tuple(o) for o in NEIGHBORHOOD
     ]
+
+
+def test_s3_inputs_are_read_as_zarr_reads_them_not_kept(seaweedfs):
+    """Decoded chunks are kept for local inputs only: the cache would fetch
+    a remote input's chunks one request after the other."""
+    url = seaweedfs.url("kept.zarr", "labels")
+    labels = _dataset(Labels, url, seaweedfs)
+    _prepare(labels, (), np.uint64)
+    assert chunk_cache_for(labels.array("r")) is None
 
 
 def test_boto3_option_names_reach_the_server(seaweedfs):

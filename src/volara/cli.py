@@ -87,6 +87,7 @@ def blockwise_worker(
     if workdir is not None:
         os.chdir(workdir)
     task = load_task(read_config_file(config_file))
+    task.mark_upstream_unknown()
     context = _worker_context(task.task_name, config_file, server, worker_id)
     # the worker loop, its daisy client and volara's log directory all read
     # the context from the environment

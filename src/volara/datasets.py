@@ -427,8 +427,13 @@ class ChunkCache:
 
 def chunk_cache_for(array: Array) -> ChunkCache | None:
     """A `ChunkCache` for ``array`` if `read_region` can use one (a plain
-    zarr array, and a cache size above 0), else None."""
-    if CHUNK_CACHE_BYTES <= 0 or _plain_zarr(array) is None:
+    zarr array on a local disk, and a cache size above 0), else None. A
+    remote store is read as zarr reads it, many chunks at once: the cache
+    asks for its chunks one after the other, a round trip each."""
+    source = _plain_zarr(array)
+    if CHUNK_CACHE_BYTES <= 0 or source is None:
+        return None
+    if not isinstance(source.store_path.store, LocalStore):
         return None
     return ChunkCache()
 

@@ -104,9 +104,9 @@ class BlockwiseTask(StrictBaseModel, ABC):
     it forks workers."""
 
     _out_array_dtype: np.dtype = np.dtype(np.uint8)
-    # set by the pipeline that runs the task; None in a worker that loaded
-    # the task from its config file (a cluster worker), where it is unknown
-    _upstream_outputs: frozenset[str] | None = None
+    # set by the pipeline that runs the task; None where it is not known
+    # (see `mark_upstream_unknown`)
+    _upstream_outputs: frozenset[str] | None = frozenset()
     # set by `benchmark` on the spoofed copy it runs: where stage times go,
     # and the real task's name they are reported under
     _benchmark_db: Path | None = None
@@ -176,12 +176,17 @@ class BlockwiseTask(StrictBaseModel, ABC):
         """Whether an earlier task of the running pipeline creates ``path``."""
         return location_key(path) in (self._upstream_outputs or ())
 
+    def mark_upstream_unknown(self) -> None:
+        """Called by a worker that loaded this task from its config file
+        (``volara-cli blockwise-worker``): which of its inputs earlier tasks
+        of the pipeline write is not known there."""
+        self._upstream_outputs = None
+
     def chunk_cache(self, dataset: Dataset) -> ChunkCache | None:
         """A cache of ``dataset``'s decoded chunks for a worker reading it
         block after block (see `ChunkCache`), unless it may change while
         this task runs: written by this task or by an earlier task of its
-        pipeline (or not known: in a worker that loaded the task from its
-        config file)."""
+        pipeline (or not known, see `mark_upstream_unknown`)."""
         if self._upstream_outputs is None:
             return None
         written = {location_key(output) for output in self.output_paths}
