@@ -20,6 +20,7 @@ from volara.datasets import (
     LSD,
     Affs,
     AnyDataset,
+    CloudVolumeWrapper,
     Dataset,
     Labels,
     Raw,
@@ -32,7 +33,13 @@ from volara.logging import set_log_basedir
 from volara.lut import LUT
 from volara.sample_data import generate_sample_data
 
-DATASET_TYPES = typing.get_args(typing.get_args(AnyDataset)[0])
+# the zarr dataset types; CloudVolume datasets are read-only and do not take
+# s3_kwargs (tests/test_cloudvolume.py)
+DATASET_TYPES = [
+    cls
+    for cls in typing.get_args(typing.get_args(AnyDataset)[0])
+    if cls is not CloudVolumeWrapper
+]
 NEIGHBORHOOD = [[1, 0, 0], [0, 1, 0], [0, 0, 1]]
 
 

@@ -9,6 +9,8 @@ the lazy operations applied on reading (every dataset selects `channels`;
 
 A store is a local path or an ``s3://`` url, read and written through zarr's
 fsspec store and s3fs with the dataset's ``s3_kwargs`` (see `volara.stores`).
+The exception is `CloudVolumeWrapper`: a neuroglancer precomputed volume, read
+only, through CloudVolume (see `volara.precomputed`).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from funlib.persistence import Array, open_ds, prepare_ds
 from pydantic import Field, StrictInt, field_validator
 from zarr.storage import LocalStore
 
-from . import stores
+from . import precomputed, stores
 from .utils import OpenMode, PydanticCoordinate, StrictBaseModel
 
 logger = logging.getLogger(__name__)
@@ -757,7 +759,129 @@ class Labels(Dataset):
         return {}
 
 
-AnyDataset = Annotated[Raw | Affs | LSD | Labels, Field(discriminator="dataset_type")]
+class CloudVolumeWrapper(Dataset):
+    """A neuroglancer precomputed volume (image or segmentation layer), read
+    through CloudVolume as a read-only input (volara 1.0.5's name; needs
+    ``pip install "volara[cloudvolume]"``).
+
+    It reads as any other dataset: axes ``[c,] z, y, x`` (CloudVolume's
+    ``x, y, z, c`` reversed; a single channel is dropped, so a segmentation
+    or a grey-scale image is ``z, y, x``), voxel size and offset in nm
+    unless overridden. Tasks cannot write it: `writable` is always False.
+    """
+
+    dataset_type: Literal["cloudvolume"] = "cloudvolume"
+    store: str
+    """The volume's CloudVolume path: ``file:///data/em/image`` (a local
+    precomputed layer), ``gs://bucket/layer``, ``s3://bucket/layer`` or
+    ``precomputed://https://host/layer``."""
+    voxel_size: PydanticCoordinate | None = None
+    """Size of one voxel in world units, z, y, x. ``None``: the volume's
+    resolution at `mip`, in nm (precomputed stores it x, y, z)."""
+    offset: PydanticCoordinate | None = None
+    """World coordinate of the first voxel, z, y, x, in the units of
+    `voxel_size`. ``None``: the volume's ``voxel_offset`` times its voxel
+    size."""
+    units: list[str] | None = None
+    """Unit of each spatial axis. ``None``: ``["nm", "nm", "nm"]``."""
+    writable: Literal[False] = False
+    """Always False: precomputed volumes are inputs only."""
+    mip: int = 0
+    """Which resolution level to read: 0 is the full resolution, each level
+    above is a downsampled copy stored in the same volume."""
+    fill_missing: bool = False
+    """Read chunks missing from storage as 0 instead of failing (sparse or
+    partly uploaded volumes)."""
+    use_https: bool = True
+    """Read ``gs://`` and ``s3://`` volumes through their public https
+    address, without credentials (as volara 1.0.5 did); set False to use
+    CloudVolume's credentials (``~/.cloudvolume/secrets``). Local volumes
+    ignore it."""
+
+    @field_validator("store", mode="wrap")
+    @classmethod
+    def _store_as_path(cls, store: Any, handler: Any) -> Path | str:
+        # replaces Dataset's: a CloudVolume path is always a url
+        if not stores.is_url(store):
+            raise ValueError(
+                f"CloudVolumeWrapper.store: {store!r} is not a CloudVolume path; "
+                "give a url such as 'file:///data/em/image' or 'gs://bucket/layer'"
+            )
+        return store
+
+    @field_validator("zarr_kwargs", "s3_kwargs")
+    @classmethod
+    def _not_for_precomputed(cls, value: Any, info: Any) -> Any:
+        # silently ignoring them would hide a config meant for a zarr store
+        if value:
+            raise ValueError(
+                f"{info.field_name} configures zarr stores; a precomputed volume "
+                "is read by CloudVolume (credentials: ~/.cloudvolume/secrets)"
+            )
+        return value
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return {}
+
+    def volume(self) -> Any:
+        """The ``cloudvolume.CloudVolume`` at `store` and `mip`."""
+        return precomputed.open_volume(
+            str(self.store), self.mip, self.fill_missing, self.use_https
+        )
+
+    def check_reachable(self, what: str | None = None) -> None:
+        """Nothing to check ahead: opening the volume reports CloudVolume's
+        own errors."""
+
+    def exists(self) -> bool:
+        """Whether a precomputed volume (its ``info`` file) is at `store`."""
+        return precomputed.volume_exists(
+            str(self.store), self.mip, self.fill_missing, self.use_https
+        )
+
+    def array(self, mode: OpenMode = "r") -> Array:
+        """Open the volume read-only, with this model's metadata overrides
+        and `channels`."""
+        if mode != "r":
+            self.check_writable()
+        overrides: dict[str, Any] = {
+            "voxel_size": self.voxel_size,
+            "offset": self.offset,
+            "axis_names": self.axis_names,
+            "units": self.units,
+        }
+        array = precomputed.precomputed_array(
+            self.volume(),
+            f"{self.store}@{self.mip}",
+            **{k: v for k, v in overrides.items() if v is not None},
+        )
+        self._apply_lazy_ops(array)
+        return array
+
+    def check_writable(self) -> None:
+        raise PermissionError(
+            f"CloudVolumeWrapper.writable is False for {self.store!s}: precomputed "
+            "volumes are read-only inputs in volara. Write the output to a zarr "
+            "dataset instead."
+        )
+
+    def zarr_array(self, mode: OpenMode = "r") -> zarr.Array:
+        raise TypeError(
+            f"CloudVolumeWrapper.store: {self.store!s} is a precomputed volume, "
+            "not a zarr array; open it with array()"
+        )
+
+    def prepare(self, *args: Any, **kwargs: Any) -> None:
+        self.check_writable()
+
+    def drop(self) -> None:
+        self.check_writable()
+
+
+AnyDataset = Annotated[
+    Raw | Affs | LSD | Labels | CloudVolumeWrapper, Field(discriminator="dataset_type")
+]
 """Any built-in dataset, resolved from JSON by its ``dataset_type``."""
 
 Raw.model_rebuild()
