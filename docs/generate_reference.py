@@ -20,7 +20,16 @@ from volara import datasets, dbs, lut, models, workers
 from volara.blockwise import BUILTIN_TASKS, BlockwiseTask
 
 SECTIONS: list[tuple[str, list[type[BaseModel]]]] = [
-    ("Datasets", [datasets.Raw, datasets.Affs, datasets.Labels, datasets.LSD]),
+    (
+        "Datasets",
+        [
+            datasets.Raw,
+            datasets.Affs,
+            datasets.Labels,
+            datasets.LSD,
+            datasets.CloudVolumeWrapper,
+        ],
+    ),
     ("Databases", [dbs.SQLite, dbs.PostgreSQL]),
     ("Look-up tables", [lut.LUT]),
     ("Networks (for Predict)", [models.TorchModel]),
