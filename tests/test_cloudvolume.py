@@ -6,6 +6,7 @@ refused as outputs, and read by a task run with two workers."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -28,14 +29,16 @@ VOXEL_SIZE = Coordinate(8, 4, 4)
 OFFSET = Coordinate(1 * 8, 2 * 4, 3 * 4)
 
 
-def write_precomputed(path, data_xyzc: np.ndarray, layer_type: str) -> str:
+def write_precomputed(
+    path, data_xyzc: np.ndarray, layer_type: str, encoding: str = "raw"
+) -> str:
     """A precomputed layer at ``path`` holding ``data_xyzc`` (x, y, z, c)."""
     url = f"file://{path}"
     info = cloudvolume.CloudVolume.create_new_info(
         num_channels=data_xyzc.shape[3],
         layer_type=layer_type,
         data_type=data_xyzc.dtype.name,
-        encoding="raw",
+        encoding=encoding,
         resolution=list(RESOLUTION_XYZ),
         voxel_offset=list(VOXEL_OFFSET_XYZ),
         chunk_size=[8, 8, 4],
@@ -68,7 +71,11 @@ def affs(tmp_path):
 @pytest.fixture
 def segmentation(tmp_path):
     data = RNG.integers(0, 2**40, (*SIZE_XYZ, 1), dtype=np.uint64)
-    return write_precomputed(tmp_path / "seg", data, "segmentation"), data
+    # how segmentations are usually stored
+    url = write_precomputed(
+        tmp_path / "seg", data, "segmentation", "compressed_segmentation"
+    )
+    return url, data
 
 
 @pytest.mark.parametrize("layer", ["image", "affs", "segmentation"])
@@ -146,6 +153,14 @@ def test_read_only(image, tmp_path):
         CloudVolumeWrapper(store=url, s3_kwargs={"key": "k"})
     with pytest.raises(ValidationError, match="not a CloudVolume path"):
         CloudVolumeWrapper(store=str(tmp_path / "image"))
+
+
+def test_missing_package_says_how_to_install(image, monkeypatch):
+    url, _ = image
+    # what `import cloudvolume` does where the package is not installed
+    monkeypatch.setitem(sys.modules, "cloudvolume", None)
+    with pytest.raises(ImportError, match=r'pip install "volara\[cloudvolume\]"'):
+        CloudVolumeWrapper(store=url).array()
 
 
 def test_refused_as_task_output(image, tmp_path):
