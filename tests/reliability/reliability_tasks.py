@@ -130,6 +130,20 @@ class PausingAffAgglom(AffAgglom):
             yield paced(process_block, self.delay, self.pause_after_writes)
 
 
+class PausingRelabel(Relabel):
+    """`Relabel` that can pause after its writes."""
+
+    task_type: Literal["test-pausing-relabel"] = "test-pausing-relabel"
+    pause_after_writes: Path | None = None
+    """Pause file for the first block that has written its segments but is
+    not yet marked done."""
+
+    @contextmanager
+    def process_block_func(self) -> Iterator:
+        with super().process_block_func() as process_block:
+            yield paced(process_block, 0.0, self.pause_after_writes)
+
+
 def segmentation_pipeline(
     workdir: Path,
     db: DB | None = None,

@@ -8,18 +8,35 @@ test kills that process, a real daisy worker of this test process."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 from reliability_checks import (
     WorkerKiller,
     alive,
+    assert_same_graph_rows,
     assert_same_outputs,
     count_duplicate_rows,
+    read_graph,
     read_outputs,
     uninterrupted,  # noqa: F401  (a fixture)
 )
-from reliability_tasks import segmentation_pipeline, write_sample_data
+from reliability_tasks import (
+    PausingExtractFrags,
+    PausingRelabel,
+    segmentation_pipeline,
+    write_sample_data,
+)
 
+from conftest import write_array
+from test_s3 import SHAPE, _graph_db, _segmentation_pipeline
+from volara.blockwise import Pipeline
+from volara.datasets import Affs, Labels
 from volara.dbs import SQLite
+from volara.logging import set_log_basedir
+from volara.lut import LUT
+from volara.sample_data import generate_sample_data
 
 pytestmark = pytest.mark.slow
 
@@ -89,3 +106,129 @@ def test_killed_workers_postgresql(tmp_path, uninterrupted, postgres):  # noqa: 
     # retried block must replace what the killed one wrote
     outputs = _run_with_kills(tmp_path, postgres, ["pause_after_writes"])
     assert_same_outputs(outputs, uninterrupted, float_rtol=1e-5)
+
+
+# ---------------------------------------------------------------------- S3
+
+
+def _s3_run(
+    affs: Affs, fragments: Labels, segments: Labels, lut: LUT, db: SQLite, pauses
+) -> Pipeline:
+    """The S3 test's pipeline (`test_s3._segmentation_pipeline`, two
+    workers per blockwise task) with an ExtractFrags that pauses between its
+    writes and a Relabel that pauses after its writes, at ``pauses``."""
+    extract_frags, aff_agglom, graph_mws, relabel = _segmentation_pipeline(
+        affs, fragments, segments, lut, db
+    ).tasks
+    # a block that is never killed fails after this long instead of hanging;
+    # without retries the killed worker's block fails, for a later run to
+    # resume
+    common = {"timeout": 60, "max_retries": 0}
+    return (
+        PausingExtractFrags(
+            **{**extract_frags.model_dump(exclude={"task_type"}), **common},
+            pause_between_writes=pauses["extract-frags"],
+        )
+        + aff_agglom
+        + graph_mws
+        + PausingRelabel(
+            **{**relabel.model_dump(exclude={"task_type"}), **common},
+            pause_after_writes=pauses["relabel"],
+        )
+    )
+
+
+def _run_killing(pipeline: Pipeline, pause_file: Path) -> dict:
+    """Run ``pipeline``, killing (SIGKILL) the worker that pauses at
+    ``pause_file``; the kill must happen."""
+    killer = WorkerKiller([pause_file])
+    killer.start()
+    try:
+        states = pipeline.run_blockwise(progress=False)
+    finally:
+        killer.finish()
+    assert not killer.problems, killer.problems
+    assert list(killer.killed) == [pause_file]
+    assert not alive(killer.killed[pause_file])
+    return states
+
+
+def _counts(states: dict) -> list[tuple[int, int, int, int]]:
+    """(failed, orphaned, completed, skipped) blocks of each task."""
+    return [
+        (s.failed_count, s.orphaned_count, s.completed_count, s.skipped_count)
+        for s in states.values()
+    ]
+
+
+def test_killed_workers_writing_to_s3_then_resumed(seaweedfs, tmp_path):
+    """Workers killed mid-block while writing to S3 (an ExtractFrags worker
+    after its fragments reached S3 but before its nodes reached the graph, a
+    Relabel worker after its segments reached S3), the run resumed: the
+    fragments, segments and look-up table on S3 and the graph equal those of
+    an uninterrupted (local) run, exactly."""
+    generate_sample_data(tmp_path / "sample.zarr", shape=SHAPE, num_cells=20, seed=3)
+    local_affs = Affs(store=tmp_path / "sample.zarr" / "affinities")
+    expected_fragments = Labels(store=tmp_path / "sample.zarr" / "fragments")
+    expected_segments = Labels(store=tmp_path / "sample.zarr" / "segments")
+    expected_lut = LUT(path=tmp_path / "lut.npz")
+    expected_db = _graph_db(tmp_path / "local.sqlite")
+    set_log_basedir(tmp_path / "local_logs")
+    states = _segmentation_pipeline(
+        local_affs, expected_fragments, expected_segments, expected_lut, expected_db
+    ).run_blockwise(multiprocessing=False, progress=False)
+    assert all(s.completed_count == s.total_block_count for s in states.values())
+
+    container = seaweedfs.url("sample.zarr")
+    options = seaweedfs.s3_kwargs
+    source = local_affs.array("r")
+    write_array(
+        f"{container}/affinities",
+        source[source.roi],
+        voxel_size=source.voxel_size,
+        offset=source.offset,
+        chunk_shape=source._source_data.chunks,
+        attrs={"neighborhood": [list(o) for o in local_affs.neighborhood or []]},
+        storage_options=options,
+    )
+    fragments = Labels(store=f"{container}/fragments", s3_kwargs=options)
+    segments = Labels(store=f"{container}/segments", s3_kwargs=options)
+    lut = LUT(path=f"{container}/lut", s3_kwargs=options)
+    db = _graph_db(tmp_path / "remote.sqlite")
+    pauses = {name: tmp_path / f"{name}.pid" for name in ("extract-frags", "relabel")}
+    pipeline = _s3_run(
+        Affs(store=f"{container}/affinities", s3_kwargs=options),
+        fragments,
+        segments,
+        lut,
+        db,
+        pauses,
+    )
+    set_log_basedir(tmp_path / "s3_logs")
+    # ExtractFrags' block fails where its worker is killed (no retries), so
+    # the graph tasks and Relabel are orphaned: the second run resumes
+    # ExtractFrags and runs the rest, until Relabel's worker is killed; the
+    # third run resumes Relabel only
+    first = _run_killing(pipeline, pauses["extract-frags"])
+    assert _counts(first) == [(1, 0, 7, 0), (0, 8, 0, 0), (0, 1, 0, 0), (0, 8, 0, 0)]
+    second = _run_killing(pipeline, pauses["relabel"])
+    assert _counts(second) == [(0, 0, 8, 7), (0, 0, 8, 0), (0, 0, 1, 0), (1, 0, 7, 0)]
+    third = pipeline.run_blockwise(progress=False)
+    assert _counts(third) == [(0, 0, 8, 8), (0, 0, 8, 8), (0, 0, 1, 1), (0, 0, 8, 7)]
+    assert count_duplicate_rows(db) == (0, 0)
+
+    nodes, edges = read_graph(db)
+    expected_nodes, expected_edges = read_graph(expected_db)
+    assert_same_graph_rows(nodes, expected_nodes, "nodes")
+    assert_same_graph_rows(edges, expected_edges, "edges")
+    for got, expected in [
+        (fragments, expected_fragments),
+        (segments, expected_segments),
+    ]:
+        array, expected_array = got.array("r"), expected.array("r")
+        assert array.roi == expected_array.roi
+        np.testing.assert_array_equal(
+            array[array.roi], expected_array[expected_array.roi], got.name
+        )
+    np.testing.assert_array_equal(lut.load(), expected_lut.load(), "look-up table")
+    assert len(np.unique(segments.array("r")[:])) > 10
