@@ -3,7 +3,10 @@ one task after the other, and print the seconds and peak memory of each
 stage as one JSON line.
 
 Run by ``yardstick.py`` and ``scaling.py`` in a child process, so that the
-memory of the process tree is this run's alone.
+memory of the process tree is this run's alone. ``object_storage.py`` adds
+``--s3-data`` / ``--s3-out``: affinities read from, and fragments, segments
+and the look-up table written to, an S3 server (SQLite and logs stay in
+``--out``).
 """
 
 from __future__ import annotations
@@ -26,16 +29,34 @@ from volara.logging import set_log_basedir  # noqa: E402
 from volara.lut import LUT  # noqa: E402
 
 
-def stages(data: Path, out: Path, workers: int, block_size, context, biases):
-    affs = Affs(store=data / "affinities")
+def _join(base: Path | str, name: str) -> Path | str:
+    return f"{base}/{name}" if isinstance(base, str) else base / name
+
+
+def stages(
+    data: Path | str,
+    out: Path,
+    workers: int,
+    block_size,
+    context,
+    biases,
+    arrays_out: Path | str | None = None,
+    s3_kwargs: dict | None = None,
+):
+    """The four tasks; ``data`` holds the affinities, ``arrays_out`` (``out``
+    if None) receives fragments, segments and the look-up table; either may
+    be an ``s3://`` url reached with ``s3_kwargs``."""
+    arrays_out = out if arrays_out is None else arrays_out
+    affs = Affs(store=_join(data, "affinities"), s3_kwargs=s3_kwargs)
     short = [o for o in affs.neighborhood if max(abs(c) for c in o) == 1]
     long = [o for o in affs.neighborhood if max(abs(c) for c in o) > 1]
     db = SQLite(
         path=out / "graph.sqlite",
         edge_attrs={"adj_weight": "float", "lr_weight": "float"},
     )
-    fragments = Labels(store=out / "output.zarr" / "fragments")
-    lut = LUT(path=out / "lut.npz")
+    output = _join(arrays_out, "output.zarr")
+    fragments = Labels(store=_join(output, "fragments"), s3_kwargs=s3_kwargs)
+    lut = LUT(path=_join(arrays_out, "lut.npz"), s3_kwargs=s3_kwargs)
     shared = dict(
         db=db,
         affs_data=affs,
@@ -61,7 +82,7 @@ def stages(data: Path, out: Path, workers: int, block_size, context, biases):
         ),
         "Relabel": Relabel(
             frags_data=fragments,
-            seg_data=Labels(store=out / "output.zarr" / "segments"),
+            seg_data=Labels(store=_join(output, "segments"), s3_kwargs=s3_kwargs),
             lut=lut,
             block_size=Coordinate(block_size),
             num_workers=workers,
@@ -84,11 +105,23 @@ def main() -> None:
         help="stages: one task after the other, each timed; pipeline: the four "
         "tasks as one pipeline, in one daisy run (as the README runs them)",
     )
+    parser.add_argument("--s3-data", help="s3:// url holding `affinities`")
+    parser.add_argument(
+        "--s3-out", help="s3:// url for output.zarr/{fragments,segments}, lut.npz"
+    )
+    parser.add_argument("--s3-kwargs", type=json.loads, help="s3fs options, JSON")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     set_log_basedir(args.out / "logs")
     tasks = stages(
-        args.data, args.out, args.workers, args.block_size, args.context, args.bias
+        args.s3_data or args.data,
+        args.out,
+        args.workers,
+        args.block_size,
+        args.context,
+        args.bias,
+        arrays_out=args.s3_out,
+        s3_kwargs=args.s3_kwargs,
     )
     figures: dict = {}
     start = time.perf_counter()
@@ -107,7 +140,7 @@ def main() -> None:
             figures["total_cpu"] = round(
                 sum(figures[f"{name}_cpu"] for name in tasks), 3
             )
-    figures["segments"] = str(args.out / "output.zarr" / "segments")
+    figures["segments"] = str(_join(args.s3_out or args.out, "output.zarr/segments"))
     print(json.dumps(figures))
 
 
