@@ -317,6 +317,24 @@ def _graph_db(path: Path) -> SQLite:
     return SQLite(path=path, edge_attrs={"adj_weight": "float", "lr_weight": "float"})
 
 
+def _copy_affinities_to_s3(server: S3Server, local_affs: Affs) -> tuple[str, dict]:
+    """Copy ``local_affs`` to ``<container>/affinities`` on ``server``;
+    returns the container's url and the options to reach it."""
+    container = server.url("sample.zarr")
+    options = server.s3_kwargs
+    source = local_affs.array("r")
+    write_array(
+        f"{container}/affinities",
+        source[source.roi],
+        voxel_size=source.voxel_size,
+        offset=source.offset,
+        chunk_shape=source._source_data.chunks,
+        attrs={"neighborhood": [list(o) for o in local_affs.neighborhood or []]},
+        storage_options=options,
+    )
+    return container, options
+
+
 @pytest.mark.slow
 def test_pipeline_on_s3_equals_the_local_run(seaweedfs, tmp_path):
     generate_sample_data(tmp_path / "sample.zarr", shape=SHAPE, num_cells=20, seed=3)
@@ -340,18 +358,7 @@ def test_pipeline_on_s3_equals_the_local_run(seaweedfs, tmp_path):
 
     # the affinities copied to S3, everything the pipeline writes there too
     # (the graph stays in a local SQLite file)
-    container = seaweedfs.url("sample.zarr")
-    options = seaweedfs.s3_kwargs
-    source = local_affs.array("r")
-    write_array(
-        f"{container}/affinities",
-        source[source.roi],
-        voxel_size=source.voxel_size,
-        offset=source.offset,
-        chunk_shape=source._source_data.chunks,
-        attrs={"neighborhood": [list(o) for o in local_affs.neighborhood or []]},
-        storage_options=options,
-    )
+    container, options = _copy_affinities_to_s3(seaweedfs, local_affs)
     remote_affs = Affs(store=f"{container}/affinities", s3_kwargs=options)
     assert remote_affs.neighborhood == local_affs.neighborhood
     remote = {

@@ -29,8 +29,12 @@ from reliability_tasks import (
     write_sample_data,
 )
 
-from conftest import write_array
-from test_s3 import SHAPE, _graph_db, _segmentation_pipeline
+from test_s3 import (
+    SHAPE,
+    _copy_affinities_to_s3,
+    _graph_db,
+    _segmentation_pipeline,
+)
 from volara.blockwise import Pipeline
 from volara.datasets import Affs, Labels
 from volara.dbs import SQLite
@@ -179,18 +183,7 @@ def test_killed_workers_writing_to_s3_then_resumed(seaweedfs, tmp_path):
     ).run_blockwise(multiprocessing=False, progress=False)
     assert all(s.completed_count == s.total_block_count for s in states.values())
 
-    container = seaweedfs.url("sample.zarr")
-    options = seaweedfs.s3_kwargs
-    source = local_affs.array("r")
-    write_array(
-        f"{container}/affinities",
-        source[source.roi],
-        voxel_size=source.voxel_size,
-        offset=source.offset,
-        chunk_shape=source._source_data.chunks,
-        attrs={"neighborhood": [list(o) for o in local_affs.neighborhood or []]},
-        storage_options=options,
-    )
+    container, options = _copy_affinities_to_s3(seaweedfs, local_affs)
     fragments = Labels(store=f"{container}/fragments", s3_kwargs=options)
     segments = Labels(store=f"{container}/segments", s3_kwargs=options)
     lut = LUT(path=f"{container}/lut", s3_kwargs=options)
