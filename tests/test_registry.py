@@ -15,10 +15,15 @@ from volara.blockwise import (
     AffAgglom,
     ApplyShift,
     Argmax,
+    AssembleLUT,
     ComputeShift,
     DistanceAgglom,
     ExtractFrags,
+    FragSegEdgeAgglom,
     GraphMWS,
+    GraphMWSBlocks,
+    GraphMWSExtractFragments,
+    IterativeGraphMWS,
     LambdaTask,
     Predict,
     Relabel,
@@ -178,6 +183,35 @@ def example_tasks(tmp_path) -> dict[str, object]:
             lut=LUT(path=tmp_path / "lut"),
             weights={"adj_weight": (1.0, -0.4), "lr_weight": (1.0, -0.7)},
             roi=[[0, 0, 0], [10, 10, 10]],
+        ),
+        **graph_level_examples(tmp_path, db),
+    }
+
+
+def graph_level_examples(tmp_path, db) -> dict[str, object]:
+    """The tasks of blockwise graph agglomeration, on ``db``."""
+    segments = db.sibling("segments")
+    level = dict(
+        fragments_db=db,
+        segments_db=segments,
+        lut=LUT(path=tmp_path / "level_lut"),
+        roi=[[0, 0, 0], [10, 10, 10]],
+        block_size=[5, 5, 5],
+    )
+    weights = {"adj_weight": (1.0, -0.4)}
+    return {
+        "graph-mws-blocks": GraphMWSBlocks(**level, weights=weights, context=[2, 2, 2]),
+        "frag-seg-edge-agglom": FragSegEdgeAgglom(**level, edge_attrs=["adj_weight"]),
+        "assemble-lut": AssembleLUT(
+            lut=LUT(path=tmp_path / "level_lut"),
+            roi=[[0, 0, 0], [10, 10, 10]],
+            block_size=[5, 5, 5],
+            below=[LUT(path=tmp_path / "lut")],
+            composed=LUT(path=tmp_path / "composed"),
+        ),
+        "iterative-graph-mws": IterativeGraphMWS(**level, weights=weights),
+        "graph-mws-extract-frags": GraphMWSExtractFragments(
+            **level, weights=weights, edge_score="mean"
         ),
     }
 

@@ -144,12 +144,18 @@ class DB(StrictBaseModel, ABC):
         """Open the graph database (``r``: read, ``r+``: read and write,
         ``w``: create, deleting what was there). ``r`` and ``r+`` on a
         database that does not exist raise `DatabaseNotFoundError` (a
-        `RuntimeError`, as in volara 1.0.5) and create nothing."""
+        `RuntimeError`, as in volara 1.0.5) and create nothing.
+
+        An existing database is opened with all the attributes it was
+        created with, which must include those this config names: a config
+        naming fewer (e.g. not the count columns hierarchical agglomeration
+        adds) still opens it."""
         if mode not in ("r", "r+", "w"):
             raise ValueError(f"mode must be 'r', 'r+' or 'w', got {mode!r}")
-        if mode != "w":
-            self._check_stored_attrs()
-        return self._connect(mode)
+        if mode == "w":
+            return self._connect(mode)
+        self._check_stored_attrs()
+        return self._connect(mode, with_attrs=False)
 
     def check_usable(self) -> None:
         """Raise a clear error if a task could not use this database: the
@@ -204,6 +210,14 @@ class DB(StrictBaseModel, ABC):
     def drop(self) -> None:
         """Delete all nodes, edges and metadata."""
 
+    def sibling(self, tag: str) -> DB:
+        """Another database of the same kind and place, told apart by
+        ``tag`` (e.g. for the segment graphs of hierarchical agglomeration)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot name a sibling database: implement "
+            "sibling(tag)"
+        )
+
     def _spoof_target(self, spoof_dir: Path | None) -> DB:
         """This config pointing at a spoof location: in ``spoof_dir``, or
         beside the real database if ``None``."""
@@ -240,7 +254,7 @@ class DB(StrictBaseModel, ABC):
         """Delete all edges, keeping nodes and metadata."""
         if not self.exists():
             return
-        db = self._connect("r+")
+        db = self._connect("r+", with_attrs=False)
         try:
             db._drop_edges()  # type: ignore[attr-defined]
             db._create_tables()  # type: ignore[attr-defined]
@@ -356,6 +370,15 @@ class SQLite(DB):
             f"SQLite.path: {self.path} (or its metadata {self.meta_path.name}) "
             f"is not a volara graph database ({error}). Point path at another "
             "file, or delete these files to start over."
+        )
+
+    def sibling(self, tag: str) -> SQLite:
+        """A database beside this one, its file named ``<stem>_<tag>``, with
+        no extra attributes (give them with ``model_copy``)."""
+        check_identifier(tag, "database tag")
+        path = self.path.with_name(f"{self.path.stem}_{tag}{self.path.suffix}")
+        return self.model_copy(
+            update={"path": path, "node_attrs": None, "edge_attrs": None}
         )
 
     def _spoof_target(self, spoof_dir: Path | None) -> SQLite:
@@ -480,6 +503,20 @@ class PostgreSQL(DB):
             return False
         finally:
             conn.close()
+
+    def sibling(self, tag: str) -> PostgreSQL:
+        """A database on the same server named ``<name>_<tag>``, with no
+        extra attributes (give them with ``model_copy``)."""
+        check_identifier(tag, "database tag")
+        name = f"{self.name}_{tag.lower()}"
+        if len(name) > 63:
+            raise ValueError(
+                f"PostgreSQL.name: {name!r} (for the {tag} database) is longer than "
+                "PostgreSQL's 63 characters; use a shorter name"
+            )
+        return self.model_copy(
+            update={"name": name, "node_attrs": None, "edge_attrs": None}
+        )
 
     def _spoof_target(self, spoof_dir: Path | None) -> PostgreSQL:
         # PostgreSQL cuts names at 63 bytes: a longer one could not be found

@@ -163,30 +163,37 @@ def read_node_columns(
 
 
 def read_edge_columns(
-    graph_db, attrs: Sequence[str], u_ids: np.ndarray | None = None
+    graph_db,
+    attrs: Sequence[str],
+    u_ids: np.ndarray | None = None,
+    v_ids: np.ndarray | None = None,
 ) -> Columns:
     """Endpoints (``"u"``, ``"v"``, uint64) and numeric attributes (float64,
-    NaN for NULL) of the edges whose ``u`` is one of ``u_ids`` (or of all
-    edges).
+    NaN for NULL) of the edges whose ``u`` is one of ``u_ids``, or whose
+    ``v`` is one of ``v_ids`` (give at most one), or of all edges.
 
-    A few ids are looked up through the edges' primary key; for many ids one
-    scan of the table, filtered in numpy, is faster than any join."""
+    A few ids are looked up through an index (the primary key starts with
+    ``u``; `index_edge_ends` adds one for ``v``); for many ids one scan of the
+    table, filtered in numpy, is faster than any join."""
+    if u_ids is not None and v_ids is not None:
+        raise ValueError("read_edge_columns: give u_ids or v_ids, not both")
     nodes, edges, u, v = _tables(graph_db)
     selects, fields = _value_selects(graph_db, attrs, graph_db.edge_attrs, "e")
     query = f"SELECT {', '.join([f'e.{u}', f'e.{v}', *selects])} FROM {edges} AS e"
     dtype = np.dtype([("u", "u8"), ("v", "u8"), *fields])
-    if u_ids is None:
+    ids, column, end = (u_ids, u, "u") if v_ids is None else (v_ids, v, "v")
+    if ids is None:
         table = _select(graph_db, query, dtype)
     else:
         graph_db.cur.execute(f"SELECT COUNT(*) FROM {nodes}")
         num_nodes = graph_db.cur.fetchone()[0]
-        if u_ids.size > _SCAN_FRACTION * num_nodes:
+        if ids.size > _SCAN_FRACTION * num_nodes:
             table = _select(graph_db, query, dtype)
-            table = table[np.isin(table["u"], u_ids)]
+            table = table[np.isin(table[end], ids)]
         else:
             parts = [
-                _select(graph_db, f"{query} WHERE e.{u} IN ({chunk})", dtype)
-                for chunk in _id_chunks(u_ids)
+                _select(graph_db, f"{query} WHERE e.{column} IN ({chunk})", dtype)
+                for chunk in _id_chunks(ids)
             ]
             table = np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
     return {
@@ -194,6 +201,17 @@ def read_edge_columns(
         "v": table["v"].copy(),
         **_to_columns(table, attrs, graph_db.edge_attrs),
     }
+
+
+def index_edge_ends(graph_db) -> None:
+    """Add an index on the edges' ``v`` column (if missing), so that
+    `read_edge_columns` finds the edges of given ``v`` ids without scanning
+    the table; the primary key already serves ``u``."""
+    _, edges, _, v = _tables(graph_db)
+    graph_db.cur.execute(
+        f"CREATE INDEX IF NOT EXISTS {edges}_{v}_index ON {edges}({v})"
+    )
+    graph_db._commit()
 
 
 def owned_pairs(

@@ -11,6 +11,7 @@ read and written through fsspec (``s3fs`` for S3), imported only when used.
 from __future__ import annotations
 
 import io
+import shutil
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -180,6 +181,47 @@ class LUT(StrictBaseModel):
 
     def __add__(self, other: LUT | LUTS) -> LUTS:
         return LUTS(luts=[self]) + other
+
+    # -------------------------------------------- tables written block by block
+
+    def level(self, level: int) -> LUT:
+        """The table of one level of a hierarchical agglomeration written
+        into this one: beside it, named ``<name>_level<level>``."""
+        stem = self.uri.removesuffix(".npz")
+        location: Path | str = (
+            f"{stem}_level{level}.npz"
+            if self.is_s3
+            else Path(f"{stem}_level{level}.npz")
+        )
+        return LUT(path=location, s3_kwargs=self.s3_kwargs)
+
+    @property
+    def pieces_uri(self) -> str:
+        """The folder (or url prefix) holding the pieces of this table that
+        blockwise tasks write, one per block: beside the table, named after
+        it with ``.blocks``."""
+        return f"{self.uri.removesuffix('.npz')}.blocks"
+
+    def piece(self, block_index: Sequence[int]) -> LUT:
+        """The piece of this table written by the block at ``block_index``
+        (its position in the block grid, one integer per axis)."""
+        name = "_".join(str(int(i)) for i in block_index)
+        location: Path | str = (
+            f"{self.pieces_uri}/{name}.npz"
+            if self.is_s3
+            else Path(self.pieces_uri) / f"{name}.npz"
+        )
+        return LUT(path=location, s3_kwargs=self.s3_kwargs)
+
+    def drop_pieces(self) -> None:
+        """Delete every piece of this table."""
+        if self.is_s3:
+            filesystem = self._filesystem()
+            if filesystem.exists(self.pieces_uri):
+                filesystem.rm(self.pieces_uri, recursive=True)
+            filesystem.invalidate_cache(self.pieces_uri)
+        else:
+            shutil.rmtree(self.pieces_uri, ignore_errors=True)
 
 
 class LUTS:

@@ -12,13 +12,17 @@ from . import register as register
 from .aff_agglom import AffAgglom
 from .apply_shift import ApplyShift
 from .argmax import Argmax
+from .assemble_lut import AssembleLUT
 from .blockwise import BlockwiseTask
 from .clahe import CLAHE
 from .compute_shift import ComputeShift
 from .distance_agglom import DistanceAgglom
 from .extract_frags import ExtractFrags
+from .frag_seg_edge_agglom import FragSegEdgeAgglom
 from .graph_mws import GraphMWS
+from .graph_mws_blocks import GraphMWSBlocks
 from .grid import GridTask
+from .iterative_graph_mws import GraphMWSExtractFragments, IterativeGraphMWS
 from .lambda_task import LambdaTask
 from .pipeline import Pipeline, TaskResult
 from .predict import Predict
@@ -42,11 +46,16 @@ BUILTIN_TASKS: list[type[BlockwiseTask]] = [
     AffAgglom,
     ApplyShift,
     Argmax,
+    AssembleLUT,
     CLAHE,
     ComputeShift,
     DistanceAgglom,
     ExtractFrags,
+    FragSegEdgeAgglom,
     GraphMWS,
+    GraphMWSBlocks,
+    GraphMWSExtractFragments,
+    IterativeGraphMWS,
     LambdaTask,
     Predict,
     Relabel,
@@ -58,11 +67,16 @@ __all__ = [
     "AffAgglom",
     "ApplyShift",
     "Argmax",
+    "AssembleLUT",
     "CLAHE",
     "ComputeShift",
     "DistanceAgglom",
     "ExtractFrags",
+    "FragSegEdgeAgglom",
     "GraphMWS",
+    "GraphMWSBlocks",
+    "GraphMWSExtractFragments",
+    "IterativeGraphMWS",
     "BlockwiseTask",
     "GridTask",
     "LambdaTask",

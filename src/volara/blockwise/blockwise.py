@@ -203,6 +203,17 @@ class BlockwiseTask(StrictBaseModel, ABC):
         """Validate inputs and parameters that need I/O (called before `init`
         and before any block runs). Raise `ValueError` naming the field."""
 
+    def stages(self) -> Pipeline | None:
+        """The blockwise stages this task runs as, or ``None`` if it runs as
+        itself (most tasks). A pipeline holding the task holds its stages
+        instead (see `volara.blockwise.composite`)."""
+        return None
+
+    def check_upstream(self, upstream: list[BlockwiseTask]) -> None:
+        """Raise a clear error if this task cannot follow the ``upstream``
+        tasks of its pipeline (e.g. block sizes that do not nest). Called
+        before any task of the pipeline prepares anything."""
+
     def _check_outputs_writable(self) -> None:
         for dataset in self.output_datasets:
             dataset.check_writable()
@@ -433,13 +444,19 @@ class BlockwiseTask(StrictBaseModel, ABC):
 
     def done_block_count(self) -> int:
         """How many blocks the block tracking records as finished; safe to
-        call while a run goes on."""
+        call while a run goes on. For a task run as stages: their sum."""
+        stages = self.stages()
+        if stages is not None:
+            return sum(stage.done_block_count() for stage in stages.tasks)
         return _DoneMarkers(self.block_ds, self.write_roi, self.write_size).count_done()
 
     def failed_blocks(self) -> list[Roi]:
         """Write regions (world units) of the blocks recorded as failed and
         not done since: those whose every attempt raised or timed out. The
-        next run retries them."""
+        next run retries them. For a task run as stages: theirs."""
+        stages = self.stages()
+        if stages is not None:
+            return [roi for stage in stages.tasks for roi in stage.failed_blocks()]
         if not self.block_ds.exists():
             return []
         return [block.write_roi for block in self._tracking_task().failed_blocks()]
@@ -645,6 +662,10 @@ class BlockwiseTask(StrictBaseModel, ABC):
         tracking) and delete its outputs (`drop_artifacts`), as volara 1.0.5
         does. ``drop_outputs=False`` only forgets the progress: the next run
         processes every block again, writing over the existing outputs."""
+        stages = self.stages()
+        if stages is not None:
+            stages.drop(drop_outputs=drop_outputs)
+            return
         if self.meta_dir.exists():
             shutil.rmtree(self.meta_dir)
         if drop_outputs:

@@ -1,9 +1,14 @@
 """GraphMWS: a look-up table from fragments to segments, by mutex watershed
-on the whole region graph."""
+on the whole region graph, in memory or level by level in blocks.
+
+volara 1.0.5 kept its blockwise tasks in this module; they are importable
+from here as they were: `IterativeGraphMWS`, `GraphMWSExtractFragments`,
+`FragSegEdgeAgglom`."""
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +16,7 @@ from typing import Literal
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..dbs import AnyDB
 from ..graph_tables import read_edge_columns, read_node_columns
@@ -22,12 +27,25 @@ from ..kernels.graph_mws import (
     weighted_edges,
 )
 from ..lut import LUT
-from ..utils import PydanticRoi, check_identifier
+from ..utils import PydanticCoordinate, PydanticRoi, check_identifier
+from .assemble_lut import AssembleLUT
 from .blockwise import BlockwiseTask
+from .composite import stage_options
+from .frag_seg_edge_agglom import FragSegEdgeAgglom
+from .graph_level import ONE_BLOCK_TIMEOUT_SECONDS
+from .graph_mws_blocks import GraphMWSBlocks
+from .iterative_graph_mws import GraphMWSExtractFragments, IterativeGraphMWS
+from .pipeline import Pipeline
+
+__all__ = [
+    "FragSegEdgeAgglom",
+    "GraphMWS",
+    "GraphMWSExtractFragments",
+    "IterativeGraphMWS",
+    "write_segment_nodes",
+]
 
 logger = logging.getLogger(__name__)
-
-ONE_BLOCK_TIMEOUT_SECONDS = 7 * 24 * 3600.0
 
 
 class GraphMWS(BlockwiseTask):
@@ -75,6 +93,32 @@ class GraphMWS(BlockwiseTask):
     """The database receiving one node per segment (id, ``position``: the
     size-weighted mean position, ``size``: total voxels, and `mean_attrs`).
     Needed when `mean_attrs` is set; must not be `db`."""
+    block_size: PydanticCoordinate | None = None
+    """``None``: the whole graph is read into memory and solved at once.
+    Otherwise the graph is agglomerated in levels of blocks, **in world
+    units**, one value per spatial axis: each block of the first level
+    groups its fragments into segments (mutex watershed on the block and its
+    `context`), the edges between segments join the fragment edges (means
+    over all of them, e.g. the mean affinity over every voxel contact), and
+    the next level does the same on the segment graph with blocks
+    `level_factor` times larger, until one block covers `roi`. Each worker
+    then holds one block's graph, not the whole graph. The segment graphs
+    are written beside `db` (``<name>_level1``, ...), each level's table
+    beside `lut` (``<lut>_level1.npz``, ...), and `lut` maps the fragments
+    to the last level's segments. Not combined with `starting_lut`,
+    `mean_attrs` or `out_db`."""
+    context: PydanticCoordinate | None = None
+    """With `block_size`: how far beyond each first-level block its
+    watershed looks, in world units, one value per spatial axis (scaled with
+    the blocks at each level). ``None``: half a block."""
+    edge_score: Literal["strongest", "mean"] = "strongest"
+    """With `block_size`: how the levels above the first weigh an edge
+    between two segments: by its strongest fragment edge (as the in-memory
+    watershed would) or by the mean over all of them (see
+    `GraphMWSBlocks.edge_score`)."""
+    level_factor: int = Field(default=2, ge=2)
+    """With `block_size`: how many times larger, per axis, each level's
+    blocks are than the level's below."""
     fit: Literal["shrink"] = "shrink"
     read_write_conflict: Literal[False] = False
 
@@ -86,6 +130,30 @@ class GraphMWS(BlockwiseTask):
         for name in weights:
             check_identifier(name, "weights: attribute name")
         return weights
+
+    @model_validator(mode="after")
+    def _check_levels(self):
+        if self.block_size is None:
+            if self.context is not None:
+                raise ValueError(
+                    "GraphMWS.context is set but block_size is None: context only "
+                    "applies to blockwise levels; set block_size or drop context"
+                )
+            return self
+        for name in ("starting_lut", "mean_attrs", "out_db"):
+            if getattr(self, name) is not None:
+                raise ValueError(
+                    f"GraphMWS.{name} cannot be combined with block_size (levels of "
+                    f"blocks): drop {name}, or block_size to solve in memory"
+                )
+        if self.block_size.dims != self.roi.dims or any(
+            size <= 0 for size in self.block_size
+        ):
+            raise ValueError(
+                f"GraphMWS.block_size {tuple(self.block_size)} must have one "
+                f"positive value (world units) per axis of roi ({self.roi.dims})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_mean_attrs(self):
@@ -102,6 +170,71 @@ class GraphMWS(BlockwiseTask):
     @property
     def task_name(self) -> str:
         return f"{self.lut.name}-{self.task_type}"
+
+    def level_block_sizes(self) -> list[Coordinate]:
+        """With `block_size`: the block size of each level, finest first,
+        the last one covering `roi` in one block."""
+        assert self.block_size is not None
+        sizes = [self.block_size]
+        while any(
+            size < extent
+            for size, extent in zip(sizes[-1], self.roi.shape, strict=True)
+        ):
+            sizes.append(sizes[-1] * self.level_factor)
+        return sizes
+
+    def stages(self) -> Pipeline | None:
+        """With `block_size`: per level `GraphMWSBlocks`, then
+        `FragSegEdgeAgglom` (all but the last level) and `AssembleLUT`; the
+        last level's assembly also writes `lut`, composed over the levels."""
+        if self.block_size is None:
+            return None
+        sizes = self.level_block_sizes()
+        context = self.context if self.context is not None else self.block_size // 2
+        fragments_db: AnyDB = self.db
+        tables: list[LUT] = []
+        # segment graphs are named after the table: two GraphMWS tasks on
+        # one fragment graph keep their levels apart
+        tag = re.sub(r"[^A-Za-z0-9_]", "_", self.lut.name)
+        pipeline = None
+        for level, size in enumerate(sizes, start=1):
+            factor = self.level_factor ** (level - 1)
+            segments_db = self.db.sibling(f"{tag}_level{level}").model_copy(
+                update={"edge_attrs": {name: "float" for name in self.weights}}
+            )
+            level_lut = self.lut.level(level)
+            shared = dict(
+                fragments_db=fragments_db,
+                segments_db=segments_db,
+                lut=level_lut,
+                roi=self.roi,
+                block_size=size,
+                **stage_options(self),
+            )
+            blocks = GraphMWSBlocks(
+                **shared,
+                weights=self.weights,
+                edge_per_attr=self.edge_per_attr,
+                edge_score=self.edge_score,
+                context=context * factor,
+            )
+            last = level == len(sizes)
+            assembly = AssembleLUT(
+                lut=level_lut,
+                roi=self.roi,
+                block_size=size,
+                below=list(tables),
+                composed=self.lut if last else None,
+                **stage_options(self),
+            )
+            if last:
+                level_stages = blocks + assembly
+            else:
+                edges = FragSegEdgeAgglom(**shared, edge_attrs=list(self.weights))
+                level_stages = blocks + (edges | assembly)
+            pipeline = level_stages if pipeline is None else pipeline + level_stages
+            fragments_db, tables = segments_db, [*tables, level_lut]
+        return pipeline
 
     @property
     def write_roi(self) -> Roi:

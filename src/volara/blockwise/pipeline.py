@@ -40,13 +40,17 @@ class Pipeline:
         self.task_graph = nx.DiGraph()
         if task is not None:
             self.task_graph.add_node(task)
+            self.task_graph = _stages_expanded(self.task_graph)
 
     @classmethod
     def from_graph(cls, graph: nx.DiGraph) -> Pipeline:
+        """A pipeline running the tasks of ``graph`` (an edge ``(a, b)``
+        runs ``b`` after ``a``); a `CompositeTask` in it is replaced by its
+        stages."""
         if not nx.is_directed_acyclic_graph(graph):
             raise ValueError("a pipeline's task graph must not have cycles")
         pipeline = cls()
-        pipeline.task_graph = graph
+        pipeline.task_graph = _stages_expanded(graph)
         return pipeline
 
     @property
@@ -118,6 +122,8 @@ class Pipeline:
         """
         self._check_unique_names()
         self._tell_tasks_their_upstream_outputs()
+        for task in self.tasks:
+            task.check_upstream(list(nx.ancestors(self.task_graph, task)))
         # every task's remote stores before any task prepares its outputs: a
         # wrong endpoint in the last task leaves nothing half-made behind
         for task in self.tasks:
@@ -233,6 +239,29 @@ class TaskResult:
 
     def __repr__(self) -> str:
         return f"TaskResult({self.state!r}, failed_blocks={self.failed_blocks})"
+
+
+def _stages_expanded(graph: nx.DiGraph) -> nx.DiGraph:
+    """``graph`` with every task that runs as stages (`BlockwiseTask.stages`)
+    replaced by them: what ran before the task runs before its first
+    stages, what ran after it after its last ones."""
+    staged = {task: task.stages() for task in graph}
+    staged = {task: stages for task, stages in staged.items() if stages is not None}
+    if not staged:
+        return graph
+    graph = graph.copy()
+    for task, pipeline in staged.items():
+        stages = pipeline.task_graph
+        firsts = [t for t in stages if stages.in_degree(t) == 0]
+        lasts = [t for t in stages if stages.out_degree(t) == 0]
+        before = list(graph.predecessors(task))
+        after = list(graph.successors(task))
+        graph.remove_node(task)
+        graph.add_nodes_from(stages.nodes)
+        graph.add_edges_from(stages.edges)
+        graph.add_edges_from(product(before, firsts))
+        graph.add_edges_from(product(lasts, after))
+    return graph
 
 
 def _as_pipeline(value: Pipeline | BlockwiseTask) -> Pipeline:

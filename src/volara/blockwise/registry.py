@@ -197,8 +197,21 @@ def load_task(config: dict[str, Any]) -> BlockwiseTask:
         raise ValueError(
             f"task_type must be a string naming a task, got {config['task_type']!r}"
         )
-    task_class = get_task(config["task_type"])
+    task_class = get_task(_volara1_task_type(config))
     return task_class.model_validate({**config, "task_type": _task_type_of(task_class)})
+
+
+def _volara1_task_type(config: dict[str, Any]) -> str:
+    """The task type a config names. volara 1.0.5 wrote its blockwise graph
+    tasks with GraphMWS's ``"graph-mws"``; their fields tell them apart
+    (`IterativeGraphMWS` had ``fit: overhang``, `GraphMWSExtractFragments`
+    ``fit: shrink``)."""
+    task_type = config["task_type"]
+    if task_type != "graph-mws" or "fragments_db" not in config:
+        return task_type
+    if config.get("fit", "overhang") == "shrink":
+        return "graph-mws-extract-frags"
+    return "iterative-graph-mws"
 
 
 def task_config(task: BlockwiseTask) -> dict[str, Any]:

@@ -190,3 +190,104 @@ def size_weighted_means(
     with np.errstate(invalid="ignore", divide="ignore"):
         means = sums / totals[:, None]
     return labels, totals, means.reshape((labels.size, *values.shape[1:]))
+
+
+def interior_segments(
+    nodes: np.ndarray, segments: np.ndarray, interior: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The segments a block keeps: ``(fragments, segment ids)`` of the
+    ``interior`` nodes, each segment named by the smallest interior fragment
+    it contains.
+
+    ``segments`` comes from a watershed over the block and its context; the
+    part of a segment lying in the context belongs to other blocks, which
+    decide it themselves. Interior fragments tile the volume, so the ids are
+    unique across blocks.
+    """
+    fragments = np.asarray(nodes, dtype=np.uint64)[interior]
+    if fragments.size == 0:
+        return fragments, fragments.copy()
+    return fragments, smallest_member(fragments, np.asarray(segments)[interior])
+
+
+def mean_positions(
+    segments: np.ndarray, sizes: np.ndarray, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per segment: id, total size and the size-weighted mean position.
+
+    A segment whose fragments have no size (NaN or 0) is placed at the plain
+    mean of their positions, so that every segment has a position to be
+    found by spatial queries.
+    """
+    sizes = np.nan_to_num(np.asarray(sizes, dtype=np.float64), nan=0.0)
+    ids, totals, means = size_weighted_means(segments, sizes, positions)
+    unsized = totals <= 0
+    if unsized.any():
+        _, _, plain = size_weighted_means(segments, np.ones_like(sizes), positions)
+        means[unsized] = plain[unsized]
+    return ids, totals, means
+
+
+def combined_edges(
+    u: np.ndarray,
+    v: np.ndarray,
+    means: Mapping[str, np.ndarray],
+    counts: Mapping[str, np.ndarray],
+    lows: Mapping[str, np.ndarray],
+    highs: Mapping[str, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    """Join edges between the same pair into one edge per pair.
+
+    Each attribute ``a`` is a mean over ``counts[a]`` observations (e.g. the
+    mean affinity over that many voxel contacts), with ``lows[a]`` and
+    ``highs[a]`` the smallest and largest values it summarizes (for a plain
+    edge, the mean itself). Per pair and attribute the joined edge has
+    ``"mean"``: ``sum(mean * count) / sum(count)`` over the edges with a
+    value, i.e. the mean over all their observations; ``"count"``: their
+    sum; ``"low"``/``"high"``: the extremes. NaN means (no value) are left
+    out; a pair without any value gets NaN and count 0. Loops (``u == v``)
+    are dropped; pairs come out as ``(min, max)``, sorted. Returns ``(u, v,
+    {attribute: {"mean", "count", "low", "high"}})``.
+    """
+    u = np.asarray(u, dtype=np.uint64)
+    v = np.asarray(v, dtype=np.uint64)
+    keep = u != v
+    low_end, high_end = np.minimum(u, v)[keep], np.maximum(u, v)[keep]
+    if low_end.size == 0:
+        empty = np.zeros(0, dtype=np.uint64)
+        parts = ("mean", "count", "low", "high")
+        return empty, empty.copy(), {a: {k: np.zeros(0) for k in parts} for a in means}
+    pairs, group = np.unique(
+        np.stack([low_end, high_end], axis=1), axis=0, return_inverse=True
+    )
+    group = group.ravel()
+    starts = _group_starts(group)
+    order = np.argsort(group, kind="stable")
+    joined = {}
+    for name, values in means.items():
+        values = np.asarray(values, dtype=np.float64)[keep]
+        has_value = ~np.isnan(values)
+        weights = np.where(has_value, np.asarray(counts[name], np.float64)[keep], 0.0)
+        total = np.bincount(group, weights, minlength=len(pairs))
+        sums = np.bincount(
+            group, np.where(has_value, values * weights, 0.0), minlength=len(pairs)
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(total > 0, sums / total, np.nan)
+        low = np.asarray(lows[name], np.float64)[keep][order]
+        high = np.asarray(highs[name], np.float64)[keep][order]
+        with np.errstate(invalid="ignore"):
+            joined[name] = {
+                "mean": mean,
+                "count": total,
+                "low": np.fmin.reduceat(low, starts),
+                "high": np.fmax.reduceat(high, starts),
+            }
+    return pairs[:, 0].copy(), pairs[:, 1].copy(), joined
+
+
+def _group_starts(group: np.ndarray) -> np.ndarray:
+    """Where each group starts among the items sorted by group (every group
+    from 0 to ``group.max()`` has at least one item)."""
+    sizes = np.bincount(group)
+    return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
