@@ -49,6 +49,15 @@ def affinities_from(fragments: np.ndarray, seed=1) -> np.ndarray:
 def reference_means(fragments: np.ndarray, affs: np.ndarray) -> dict:
     """Per pair and score, the mean affinity over the whole volume, by
     plain loops (independent of the kernel under test)."""
+    means: dict = {}
+    for (pair, name), (total, count) in reference_sums(fragments, affs).items():
+        means.setdefault(pair, dict.fromkeys(SCORES))[name] = total / count
+    return means
+
+
+def reference_sums(fragments: np.ndarray, affs: np.ndarray) -> dict:
+    """Per (pair, score): the sum of the affinities over the pair's contacts
+    along the score's offsets, and the number of contacts."""
     sums: dict = {}
     for channel, offset in enumerate(NEIGHBORHOOD):
         for index in np.ndindex(fragments.shape):
@@ -66,10 +75,7 @@ def reference_means(fragments: np.ndarray, affs: np.ndarray) -> dict:
                         total + float(affs[(channel, *index)]),
                         count + 1,
                     )
-    means: dict = {}
-    for (pair, name), (total, count) in sums.items():
-        means.setdefault(pair, dict.fromkeys(SCORES))[name] = total / count
-    return means
+    return sums
 
 
 def write_fragment_nodes(db: DB, fragments: np.ndarray) -> dict[int, np.ndarray]:
@@ -167,6 +173,25 @@ def test_serial_and_parallel_match_the_whole_volume(tmp_path):
     # the tiles' faces give both kinds of score, the long offset adds pairs
     assert any(e["far"] is None for e in serial.values())
     assert any(e["xy"] is None for e in serial.values())
+
+
+def test_contact_counts_are_written_where_the_db_has_a_column_for_them(tmp_path):
+    # hierarchical agglomeration weighs each edge's mean by these counts
+    db = SQLite(
+        path=tmp_path / "counted.db",
+        edge_attrs={**EDGE_ATTRS, "xy__size": "float", "z__size": "float"},
+    )
+    fragments, affs, _ = setup_volume(tmp_path, db)
+    make_task(tmp_path, db, num_workers=2).run_blockwise()
+
+    edges = stored_edges(db)
+    sums = reference_sums(fragments, affs)
+    assert len(edges) > 50
+    for pair, edge in edges.items():
+        for name in ("xy", "z"):
+            _, count = sums.get((pair, name), (0.0, 0))
+            assert edge[f"{name}__size"] == count
+    assert {edge["xy__size"] for edge in edges.values()} >= {0, 9}
 
 
 def test_threads_in_each_worker_write_every_edge(tmp_path):

@@ -15,8 +15,13 @@ from pydantic import field_validator
 from ..datasets import Affs, Dataset, Labels, read_region
 from ..dbs import AnyDB, ThreadConnections
 from ..graph_tables import owned_pairs, read_node_columns, write_edge_rows
-from ..kernels.agglomeration import mean_affinities, pair_distances
+from ..kernels.agglomeration import (
+    affinity_statistics,
+    mean_affinities,
+    pair_distances,
+)
 from ..utils import PydanticCoordinate, check_identifier
+from .graph_level import count_name
 from .grid import GridTask
 
 logger = logging.getLogger(__name__)
@@ -59,7 +64,10 @@ class AffAgglom(GridTask):
     along a group of offsets (in voxels, each one of the affinities'
     neighborhood), e.g. ``{"xy_aff": [[0, 1, 0], [0, 0, 1]], "z_aff":
     [[1, 0, 0]]}``. A pair without contacts along a group's offsets gets no
-    value (NULL) for that score."""
+    value (NULL) for that score. Where `db` has an edge attribute
+    ``<name>__size``, the number of contacts the mean is over is written
+    there: hierarchical agglomeration (`GraphMWS` with ``block_size``) then
+    averages segment edges over voxel contacts, not over fragment edges."""
     bulk_write: bool = False
     """Accepted so that volara 1.0.5 configs load; has no effect. volara 1
     wrote differently with it (indexes dropped, and an edge scored by the
@@ -140,6 +148,13 @@ class AffAgglom(GridTask):
             ):
                 rag.add_edge(int(a), int(b), **{name: float(value)})
 
+    @property
+    def counted_scores(self) -> list[str]:
+        """The scores whose number of contacts is stored too: those with an
+        edge attribute ``<score>__size`` in `db`."""
+        _, edge_attrs = self.db.graph_attrs
+        return [name for name in self.scores if count_name(name) in edge_attrs]
+
     def init(self) -> None:
         self.db.init()
 
@@ -156,6 +171,7 @@ class AffAgglom(GridTask):
             name: [tuple(o) for o in offsets] for name, offsets in self.scores.items()
         }
 
+        counted = self.counted_scores
         frags_chunks = self.chunk_cache(self.frags_data)
         affs_chunks = self.chunk_cache(self.affs_data)
 
@@ -164,8 +180,9 @@ class AffAgglom(GridTask):
             affs = read_region(affinities, block.read_roi, cache=affs_chunks)
             if affs.dtype == np.uint8:
                 affs = affs.astype(np.float32) / 255.0
-            u, v, means = mean_affinities(frags, affs, neighborhood, scores)
-            _write_block_edges(dbs.get(), block.write_roi, u, v, means)
+            u, v, means, counts = affinity_statistics(frags, affs, neighborhood, scores)
+            columns = {**means, **{count_name(n): counts[n] for n in counted}}
+            _write_block_edges(dbs.get(), block.write_roi, u, v, columns)
 
         try:
             yield process_block

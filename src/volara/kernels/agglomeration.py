@@ -116,19 +116,35 @@ def mean_affinities(
     contacts along the group's offsets. A pair without contacts along a
     group's offsets gets NaN in that group.
     """
+    u, v, means, _ = affinity_statistics(
+        fragments, affinities, neighborhood, score_groups, count_box
+    )
+    return u, v, means
+
+
+def affinity_statistics(
+    fragments: np.ndarray,
+    affinities: np.ndarray,
+    neighborhood: Sequence[Sequence[int]],
+    score_groups: Mapping[str, Sequence[Sequence[int]]],
+    count_box: CountBox | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """`mean_affinities` and, per group, how many contacts each mean is
+    over (0 where it is NaN): ``(u, v, means, counts)``."""
     channels = _group_channels(neighborhood, score_groups)
     used = sorted({c for group in channels.values() for c in group})
     ids, dense = dense_labels(fragments)
     if not used or ids.size < 2:
         empty = np.zeros(0, dtype=np.uint64)
-        return empty, empty.copy(), {name: np.zeros(0) for name in score_groups}
+        nothing = {name: np.zeros(0) for name in score_groups}
+        return empty, empty.copy(), nothing, dict(nothing)
     keys, values = {}, {}
     for channel in used:
         keys[channel], values[channel] = _channel_contacts(
             dense, ids.size, affinities[channel], neighborhood[channel], count_box
         )
     pairs, pair_of = _pair_keys(keys, used, ids.size)
-    means = {}
+    means, counts_of = {}, {}
     for name, group in channels.items():
         # contacts in channel order, as concatenated for every group alike:
         # the sums then do not depend on how the pairs were indexed
@@ -139,8 +155,9 @@ def mean_affinities(
         counts = np.bincount(index, minlength=pairs.size)
         with np.errstate(invalid="ignore", divide="ignore"):
             means[name] = np.where(counts > 0, sums / counts, np.nan)
+        counts_of[name] = counts.astype(np.float64)
     n = np.int64(ids.size - 1)
-    return ids[pairs // n + 1], ids[pairs % n + 1], means
+    return ids[pairs // n + 1], ids[pairs % n + 1], means, counts_of
 
 
 def dense_labels(fragments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
