@@ -394,7 +394,7 @@ def evaluate(
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("volara_demo"),
+    default="volara_demo",
     show_default=True,
     help="Where the sample data, graph, look-up table and logs go.",
 )
