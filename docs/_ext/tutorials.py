@@ -10,12 +10,14 @@ the outputs with ``image`` and ``literalinclude``, so a page cannot show
 code that does not run or pictures it did not make.
 
 A script that fails stops the build with its output (there is no switch to
-skip tutorials). The scripts run one after another: each starts its own
+skip tutorials), and so does a missing PyTorch, which the Predict tutorial
+needs. The scripts run one after another: each starts its own
 workers, and the build machines have two cores.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -80,6 +82,13 @@ def run_tutorial(script: Path) -> float:
 
 
 def run_tutorials(app: Sphinx) -> None:
+    if importlib.util.find_spec("torch") is None:
+        # the Predict tutorial runs a network: without torch its page would
+        # show nothing it made
+        raise ExtensionError(
+            "the Predict tutorial needs PyTorch, which the docs extra installs: "
+            'pip install -e ".[docs]"'
+        )
     for script in tutorial_scripts():
         seconds = run_tutorial(script)
         logger.info("tutorial %s ran in %.1f s", script.name, seconds)
