@@ -1,11 +1,13 @@
 """Tutorial: a task of your own, in a plugin package that volara-cli and
 cluster workers find.
 
-Run it in an empty directory; it installs docs/tutorials/volara-smooth
-into ./site (not into your environment) and puts that on the path.
+Run it in an empty directory; it installs a copy of
+docs/tutorials/volara-smooth into ./site (not into your environment) and
+puts that on the path.
 """
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,9 +27,10 @@ generate_sample_data(
     noise=0.15, seed=2,
 )  # fmt: skip
 # %% install
+shutil.copytree(PLUGIN, "volara-smooth")  # pip builds in the package's directory
 shell(
     f"{sys.executable} -m pip install --quiet --no-deps --no-build-isolation"
-    f" --target site {PLUGIN}",
+    " --target site ./volara-smooth",
     "install.txt",
 )
 sys.path.insert(0, str(Path("site").absolute()))  # for this script
