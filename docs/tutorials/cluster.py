@@ -10,11 +10,13 @@ import copy
 from pathlib import Path
 
 import yaml
-from _transcript import save, shell
+from _transcript import OUTPUT, save, shell
 
 from volara.blockwise import pipeline_config
 from volara.blockwise.registry import dump_config
 from volara.demo import demo_pipeline
+from volara.evaluate import evaluate
+from volara.figures import Scores, draw_sample_overview
 from volara.sample_data import generate_sample_data
 from volara.workers import LocalWorker, SlurmWorker
 
@@ -49,6 +51,13 @@ shell("volara-cli status pipeline.yaml", "status-after.txt")
 shell("volara-cli status pipeline.yaml --json", "status-json.txt")
 shell("ls volara_logs/fragments-extract-frags volara_logs/fragments-extract-frags-meta",
       "logs.txt")  # fmt: skip
+# %% figure
+scores = evaluate("sample.zarr/segments", "sample.zarr/labels")
+draw_sample_overview(
+    "sample.zarr",
+    OUTPUT / "cluster.png",
+    Scores(scores.voi_split, scores.voi_merge, scores.arand),
+)
 # %% end
 worker_config = on_slurm["tasks"][0]["worker_config"]
 save(
