@@ -33,7 +33,7 @@ extensions = [
 
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 root_doc = "index"
-exclude_patterns = ["_build", "_generated", "tutorials/work"]
+exclude_patterns = ["_build", "_generated"]
 html_theme = "alabaster"
 html_static_path = ["_static"]
 html_theme_options = {

@@ -21,7 +21,7 @@ import pytest
 from pydantic import BaseModel
 
 from volara import datasets, dbs, lut, models, workers
-from volara.blockwise import BUILTIN_TASKS, BlockwiseTask
+from volara.blockwise import BUILTIN_TASKS, BlockwiseTask, GridTask
 from volara.cli import cli
 
 pytest.importorskip(
@@ -46,6 +46,7 @@ MODELS: list[type[BaseModel]] = [
     workers.SlurmWorker,
     workers.LSFWorker,
     BlockwiseTask,
+    GridTask,
     *BUILTIN_TASKS,
 ]
 
@@ -183,3 +184,19 @@ def test_index_shows_the_demo_picture(built):
     page = (built / "index.html").read_text()
     assert '<img alt="sections of generated sample data' in page
     assert (built / "_images" / "demo.png").exists()
+
+
+def test_a_failing_tutorial_stops_the_build_with_its_output(tmp_path):
+    sys.path.insert(0, str(DOCS / "_ext"))
+    try:
+        from sphinx.errors import ExtensionError
+        from tutorials import run_tutorial
+    finally:
+        sys.path.remove(str(DOCS / "_ext"))
+    script = tmp_path / "broken.py"
+    script.write_text("print('made it this far')\nraise ValueError('no data')\n")
+    with pytest.raises(ExtensionError) as error:
+        run_tutorial(script, tmp_path / "output")
+    message = str(error.value)
+    assert "tutorial broken.py failed (exit code 1)" in message
+    assert "made it this far" in message and "ValueError: no data" in message

@@ -43,9 +43,10 @@ def tutorial_scripts() -> list[Path]:
     return sorted(p for p in TUTORIALS.glob("*.py") if not p.name.startswith("_"))
 
 
-def run_tutorial(script: Path) -> float:
-    """Run ``script`` in an empty directory; return the seconds it took."""
-    output = GENERATED / script.stem
+def run_tutorial(script: Path, output: Path | None = None) -> float:
+    """Run ``script`` in an empty directory, its outputs going to ``output``
+    (default ``docs/_generated/<name>``); return the seconds it took."""
+    output = GENERATED / script.stem if output is None else output
     shutil.rmtree(output, ignore_errors=True)
     output.mkdir(parents=True)
     env = dict(os.environ)
