@@ -52,12 +52,14 @@ MODELS: list[type[BaseModel]] = [
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Path:
+def built(request, tmp_path_factory) -> Path:
     given = os.environ.get("VOLARA_DOCS_HTML")
     if given:
-        if not (Path(given) / "index.html").exists():
-            pytest.fail(f"VOLARA_DOCS_HTML={given}: no index.html there")
-        return Path(given)
+        # relative to where pytest started (each test runs in its tmp_path)
+        html_dir = request.config.invocation_params.dir / given
+        if not (html_dir / "index.html").exists():
+            pytest.fail(f"VOLARA_DOCS_HTML={given}: no index.html in {html_dir}")
+        return html_dir
     out = tmp_path_factory.mktemp("html")
     result = subprocess.run(
         [sys.executable, "-m", "sphinx", "-W", "-q", "-b", "html", str(DOCS), str(out)],
