@@ -394,7 +394,7 @@ def evaluate(
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False, path_type=Path),
-    default=Path("volara_demo"),
+    default="volara_demo",
     show_default=True,
     help="Where the sample data, graph, look-up table and logs go.",
 )
@@ -415,17 +415,33 @@ def evaluate(
 @click.option(
     "--noise", default=0.15, show_default=True, help="Affinity noise amplitude."
 )
+@click.option(
+    "--figure",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw sections of the affinities, fragments, segments and ground "
+    "truth, with the scores, into this file (format by suffix: .png, .pdf, "
+    '.svg, ...; needs pip install "volara[plot]").',
+)
 def demo(
     workdir: Path,
     workers: int,
     postgres: bool,
     shape: tuple[int, int, int],
     noise: float,
+    figure: Path | None,
 ) -> None:
     """Generate EM-like sample data, segment it with ExtractFrags + AffAgglom +
     GraphMWS + Relabel, and score the result against the ground truth."""
     from .demo import run_demo
 
+    if figure is not None:
+        from .figures import check_figure_path
+
+        try:
+            check_figure_path(figure)
+        except (ImportError, ValueError) as e:
+            raise click.BadParameter(str(e), param_hint="--figure") from e
     scores = run_demo(
         workdir, use_postgres=postgres, num_workers=workers, shape=shape, noise=noise
     )
@@ -436,6 +452,22 @@ def demo(
         f"total {scores['voi']:.4f}  (bits, lower is better)"
     )
     click.echo(f"adapted Rand error {scores['adapted_rand_error']:.4f}  (0 is perfect)")
+    if figure is not None:
+        from .figures import Scores, draw_sample_overview
+
+        try:
+            draw_sample_overview(
+                workdir / "sample.zarr",
+                figure,
+                Scores(
+                    scores["voi_split"],
+                    scores["voi_merge"],
+                    scores["adapted_rand_error"],
+                ),
+            )
+        except OSError as e:
+            raise click.ClickException(f"--figure {figure}: {e}") from e
+        click.echo(f"figure written to {figure}")
     if scores["failed_blocks"]:
         raise click.ClickException(f"{scores['failed_blocks']} blocks failed")
 

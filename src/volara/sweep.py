@@ -196,25 +196,29 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def plot_sweep(rows: list[dict[str, Any]], labels: list[str], path: Path) -> None:
-    """VOI split against merge, one labelled point per combination."""
-    import matplotlib
+    """VOI split against merge, one point per combination, labelled with its
+    values in the order the title names the fields."""
+    from .figures import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 5))
-    axes.scatter([r["voi_split"] for r in rows], [r["voi_merge"] for r in rows])
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=(6.4, 5))
+    axes.plot([r["voi_split"] for r in rows], [r["voi_merge"] for r in rows], "o")
     for row in rows:
-        text = ", ".join(f"{label.split('.', 1)[1]}={row[label]}" for label in labels)
-        axes.annotate(
-            text, (row["voi_split"], row["voi_merge"]), fontsize=7, xytext=(3, 3),
+        note = axes.annotate(
+            ", ".join(str(row[label]) for label in labels),
+            (row["voi_split"], row["voi_merge"]),
+            fontsize=8,
+            xytext=(4, 4),
             textcoords="offset points",
-        )  # fmt: skip
+        )
+        # labels may reach past the axes; they must not shrink them
+        note.set_in_layout(False)
+    axes.margins(0.15)
     axes.set_xlabel("VOI split (bits)")
     axes.set_ylabel("VOI merge (bits)")
-    axes.set_title("sweep: " + ", ".join(labels), fontsize=9)
+    axes.set_title("points labelled " + ", ".join(labels), fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
