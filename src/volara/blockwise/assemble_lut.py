@@ -9,15 +9,14 @@ from contextlib import contextmanager
 from typing import Literal
 
 import numpy as np
-from funlib.geometry import Coordinate
 
 from ..lut import LUT, LUTS
-from .graph_level import ONE_BLOCK_TIMEOUT_SECONDS, LevelTask, describe, piece_table
+from .graph_level import LevelTask, OneBlockTask, describe, piece_table
 
 logger = logging.getLogger(__name__)
 
 
-class AssembleLUT(LevelTask):
+class AssembleLUT(OneBlockTask, LevelTask):
     """Gather the pieces of `lut` that the blocks of a level wrote (one per
     block of `block_size` tiling `roi`) into the table itself, in one block
     that runs when all pieces are written. With `composed`, also write the
@@ -37,18 +36,6 @@ class AssembleLUT(LevelTask):
     @property
     def task_name(self) -> str:
         return f"{self.lut.name}-{self.task_type}"
-
-    @property
-    def write_size(self) -> Coordinate:
-        return self.roi.shape
-
-    @property
-    def context_size(self) -> Coordinate:
-        return Coordinate((0,) * self.roi.dims)
-
-    @property
-    def block_timeout(self) -> float:
-        return self.timeout if self.timeout is not None else ONE_BLOCK_TIMEOUT_SECONDS
 
     @property
     def output_paths(self) -> list:

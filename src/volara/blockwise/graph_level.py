@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from typing import Annotated
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
-from pydantic import field_validator
+from pydantic import AfterValidator, field_validator
 
 from ..dbs import DB, AnyDB
 from ..lut import LUT
@@ -55,6 +56,44 @@ def summary_names(attr: str) -> list[str]:
 ONE_BLOCK_TIMEOUT_SECONDS = 7 * 24 * 3600.0
 """Tasks that handle a whole graph in one block may take a week unless
 their `timeout` says otherwise."""
+
+
+def checked_weights(
+    weights: dict[str, tuple[float, float]],
+) -> dict[str, tuple[float, float]]:
+    if not weights:
+        raise ValueError("weights is empty: give at least one edge attribute")
+    for name in weights:
+        check_identifier(name, "weights: attribute name")
+    return weights
+
+
+EdgeWeights = Annotated[dict[str, tuple[float, float]], AfterValidator(checked_weights)]
+"""Per edge attribute ``a``, a ``(w, b)`` pair: the edge's weight is
+``w * a + b``."""
+
+
+class OneBlockTask(BlockwiseTask):
+    """A task that processes its whole `roi` in one block."""
+
+    roi: PydanticRoi  # type: ignore[assignment]
+
+    @property
+    def write_roi(self) -> Roi:
+        return self.roi
+
+    @property
+    def write_size(self) -> Coordinate:
+        return self.roi.shape
+
+    @property
+    def context_size(self) -> Coordinate:
+        return Coordinate((0,) * self.roi.dims)
+
+    @property
+    def block_timeout(self) -> float:
+        """One block holds the whole graph: a week unless `timeout` is set."""
+        return self.timeout if self.timeout is not None else ONE_BLOCK_TIMEOUT_SECONDS
 
 
 class LevelTask(BlockwiseTask):

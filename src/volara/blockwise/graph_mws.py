@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from funlib.geometry import Coordinate, Roi
-from pydantic import Field, field_validator, model_validator
+from funlib.geometry import Coordinate
+from pydantic import Field, model_validator
 
 from ..dbs import AnyDB
 from ..graph_tables import read_edge_columns, read_node_columns
@@ -29,10 +29,9 @@ from ..kernels.graph_mws import (
 from ..lut import LUT
 from ..utils import PydanticCoordinate, PydanticRoi, check_identifier
 from .assemble_lut import AssembleLUT
-from .blockwise import BlockwiseTask
 from .composite import stage_options
 from .frag_seg_edge_agglom import FragSegEdgeAgglom
-from .graph_level import ONE_BLOCK_TIMEOUT_SECONDS
+from .graph_level import EdgeWeights, OneBlockTask
 from .graph_mws_blocks import GraphMWSBlocks
 from .iterative_graph_mws import GraphMWSExtractFragments, IterativeGraphMWS
 from .pipeline import Pipeline
@@ -48,7 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class GraphMWS(BlockwiseTask):
+class GraphMWS(OneBlockTask):
     """Read the region graph in `roi`, run mutex watershed on it and save the
     resulting look-up table (fragment id -> segment id) to `lut`.
 
@@ -65,7 +64,7 @@ class GraphMWS(BlockwiseTask):
     `AffAgglom`)."""
     lut: LUT
     """Where the look-up table is saved when the task completes."""
-    weights: dict[str, tuple[float, float]]
+    weights: EdgeWeights
     """Per edge attribute ``a``, a ``(w, b)`` pair: the edge's weight is
     ``w * a + b``. Positive weights merge fragments, negative weights keep
     them apart, stronger (larger ``|weight|``) edges first. An edge without a
@@ -121,15 +120,6 @@ class GraphMWS(BlockwiseTask):
     blocks are than the level's below."""
     fit: Literal["shrink"] = "shrink"
     read_write_conflict: Literal[False] = False
-
-    @field_validator("weights")
-    @classmethod
-    def _check_weights(cls, weights):
-        if not weights:
-            raise ValueError("weights is empty: give at least one edge attribute")
-        for name in weights:
-            check_identifier(name, "weights: attribute name")
-        return weights
 
     @model_validator(mode="after")
     def _check_levels(self):
@@ -235,23 +225,6 @@ class GraphMWS(BlockwiseTask):
             pipeline = level_stages if pipeline is None else pipeline + level_stages
             fragments_db, tables = segments_db, [*tables, level_lut]
         return pipeline
-
-    @property
-    def write_roi(self) -> Roi:
-        return self.roi
-
-    @property
-    def write_size(self) -> Coordinate:
-        return self.roi.shape
-
-    @property
-    def context_size(self) -> Coordinate:
-        return Coordinate((0,) * self.roi.dims)
-
-    @property
-    def block_timeout(self) -> float:
-        """One block holds the whole graph: a week unless `timeout` is set."""
-        return self.timeout if self.timeout is not None else ONE_BLOCK_TIMEOUT_SECONDS
 
     @property
     def output_paths(self) -> list[Path | str]:

@@ -10,7 +10,6 @@ from typing import Literal
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
-from pydantic import field_validator
 
 from ..dbs import ThreadConnections
 from ..graph_tables import read_edge_columns, read_node_columns
@@ -21,9 +20,10 @@ from ..kernels.graph_mws import (
     mutex_watershed,
     weighted_edges,
 )
-from ..utils import PydanticCoordinate, check_identifier
+from ..utils import PydanticCoordinate
 from .blockwise import BlockwiseTask
 from .graph_level import (
+    EdgeWeights,
     GraphLevelTask,
     check_edge_attrs,
     high_name,
@@ -53,7 +53,7 @@ class GraphMWSBlocks(GraphLevelTask):
     """
 
     task_type: Literal["graph-mws-blocks"] = "graph-mws-blocks"
-    weights: dict[str, tuple[float, float]]
+    weights: EdgeWeights
     """Per edge attribute ``a``, a ``(w, b)`` pair: the edge's weight is
     ``w * a + b`` (as in `GraphMWS`): positive weights merge, negative ones
     keep apart, stronger first."""
@@ -78,15 +78,6 @@ class GraphMWSBlocks(GraphLevelTask):
     """Blocks at the end of `roi` are cropped to it."""
     read_write_conflict: Literal[False] = False
     """Blocks only read fragments and write their own segments: any order."""
-
-    @field_validator("weights")
-    @classmethod
-    def _check_weights(cls, weights):
-        if not weights:
-            raise ValueError("weights is empty: give at least one edge attribute")
-        for name in weights:
-            check_identifier(name, "weights: attribute name")
-        return weights
 
     @property
     def task_name(self) -> str:

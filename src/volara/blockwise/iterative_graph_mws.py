@@ -12,19 +12,18 @@ from __future__ import annotations
 from typing import Literal
 
 from funlib.geometry import Coordinate
-from pydantic import field_validator
 
-from ..utils import PydanticCoordinate, check_identifier
+from ..utils import PydanticCoordinate
 from .assemble_lut import AssembleLUT
 from .composite import CompositeTask, stage_options
 from .frag_seg_edge_agglom import FragSegEdgeAgglom
-from .graph_level import GraphLevelTask
+from .graph_level import EdgeWeights, GraphLevelTask
 from .graph_mws_blocks import GraphMWSBlocks
 from .pipeline import Pipeline
 
 
 class _GraphMWSLevel(GraphLevelTask, CompositeTask):
-    weights: dict[str, tuple[float, float]]
+    weights: EdgeWeights
     """Per edge attribute ``a``, a ``(w, b)`` pair: the edge's weight is
     ``w * a + b`` (as in `GraphMWS`): positive weights merge, negative ones
     keep apart, stronger first. Every name must be an edge attribute of
@@ -39,15 +38,6 @@ class _GraphMWSLevel(GraphLevelTask, CompositeTask):
     """How edges between segments of an earlier level are weighted (see
     `GraphMWSBlocks.edge_score`)."""
     read_write_conflict: Literal[False] = False
-
-    @field_validator("weights")
-    @classmethod
-    def _check_weights(cls, weights):
-        if not weights:
-            raise ValueError("weights is empty: give at least one edge attribute")
-        for name in weights:
-            check_identifier(name, "weights: attribute name")
-        return weights
 
     def _default_context(self) -> Coordinate:
         raise NotImplementedError
