@@ -157,6 +157,11 @@ class PausingGraphMWSBlocks(GraphMWSBlocks):
     """Pause file for the first block that has written its segment nodes
     and its piece of the table but is not yet marked done."""
 
+    @property
+    def task_name(self) -> str:
+        # the stage's own name: a run of the plain task resumes this one
+        return f"{self.segments_db.id}-graph-mws-blocks"
+
     @contextmanager
     def process_block_func(self) -> Iterator:
         with super().process_block_func() as process_block:
@@ -172,6 +177,10 @@ class PausingFragSegEdgeAgglom(FragSegEdgeAgglom):
     pause_after_writes: Path | None = None
     """Pause file for the first block that has written its segment edges
     but is not yet marked done."""
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.segments_db.id}-frag-seg-edge-agglom"
 
     @contextmanager
     def process_block_func(self) -> Iterator:
