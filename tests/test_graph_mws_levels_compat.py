@@ -174,6 +174,7 @@ def test_upstream_multires_example_two_rounds(tmp_path, workers):
     check_one_segment_per_plane_patch(mapping1)
     mapping2 = lut2.load()
     # round_2 maps round_1's 256 segments onto the 16 planes
+    assert mapping2.shape == (2, 256)
     assert np.unique(mapping2[0]).size == 256
     assert np.unique(mapping2[1]).size == SIDE
     mapping = (lut1 + lut2).load_iterated()
