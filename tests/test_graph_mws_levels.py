@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from funlib.geometry import Coordinate
+from funlib.geometry import Coordinate, Roi
 
 from graph_levels_data import (
     SPACING,
@@ -191,3 +191,21 @@ def check_segment_edges(fragment_edges, fragments, members, edges, rtol) -> None
     np.testing.assert_array_equal(edges["aff__size"], want[:, 1])
     np.testing.assert_array_equal(edges["aff__min"], want[:, 2])
     np.testing.assert_array_equal(edges["aff__max"], want[:, 3])
+
+
+def test_blocks_without_fragments_change_nothing(tmp_path):
+    """A region without fragments (here: the roi reaching twice as far in z
+    as the graph) gives blocks with nothing to agglomerate: they write no
+    segments, and the table is the one of the graph's own roi."""
+    graph = lattice_graph(side=8, noise=0.2, seed=3)
+    db = write_graph(graph, SQLite(path=tmp_path / "fragments.sqlite"))
+    expected = in_levels(graph, db, block_side=16, workers=0, name="own").lut.load()
+    graph.roi = Roi((0, 0, 0), (64, 32, 32))
+    task = in_levels(graph, db, block_side=16, workers=0, name="longer")
+    assert len(task.level_block_sizes()) == 3
+    table = task.lut.load()
+    np.testing.assert_array_equal(table, expected)
+    assert 5 < np.unique(table[1]).size < graph.ids.size // 4
+    for level in (1, 2):
+        nodes, _ = read_graph(db.sibling(f"longer_level{level}"), [])
+        assert nodes["id"].size > 0 and nodes["position"][:, 0].max() < 32

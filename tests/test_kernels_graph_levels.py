@@ -63,6 +63,15 @@ def test_mean_positions_of_unsized_fragments_are_plain_means():
     np.testing.assert_allclose(means, [[2.0, 4.0], [3.0, 3.0]])
 
 
+def test_mean_positions_of_no_fragments_are_empty():
+    # a block without fragments
+    ids, totals, means = mean_positions(
+        np.zeros(0, dtype=np.uint64), np.zeros(0), np.zeros((0, 3))
+    )
+    assert ids.size == totals.size == 0
+    assert means.shape == (0, 3)
+
+
 def _observed_edges(rng, pairs: np.ndarray, per_edge: int):
     """Edges over ``pairs`` (rows may repeat, in either orientation), each
     the mean of a random number of observations; returns the edges' columns
