@@ -47,6 +47,8 @@ def isolated_run_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 
 
 def _drop_database(name: str) -> None:
+    """Drop the database ``name`` and those named after it (``<name>_...``,
+    e.g. the level databases of hierarchical GraphMWS)."""
     import psycopg2
 
     conn = psycopg2.connect(
@@ -56,19 +58,27 @@ def _drop_database(name: str) -> None:
     try:
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = %s AND pid <> pg_backend_pid()",
-                (name,),
+                "SELECT datname FROM pg_database WHERE datname = %s "
+                "OR starts_with(datname, %s)",
+                (name, f"{name}_"),
             )
-            # the name is generated below from a uuid: a safe identifier
-            cur.execute(f"DROP DATABASE IF EXISTS {name}")
+            for (database,) in cur.fetchall():
+                cur.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (database,),
+                )
+                # the name is generated below from a uuid (and a task's
+                # checked identifier): a safe identifier
+                cur.execute(f"DROP DATABASE IF EXISTS {database}")
     finally:
         conn.close()
 
 
 @pytest.fixture
 def postgres() -> Iterator[PostgreSQL]:
-    """A PostgreSQL config naming a fresh database, dropped afterwards."""
+    """A PostgreSQL config naming a fresh database, dropped afterwards with
+    the databases named after it."""
     if os.environ.get("VOLARA_TEST_SKIP_POSTGRES"):
         pytest.skip("VOLARA_TEST_SKIP_POSTGRES is set: PostgreSQL tests disabled")
     import psycopg2

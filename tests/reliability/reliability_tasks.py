@@ -1,6 +1,7 @@
-"""Tasks for the reliability tests: the segmentation tasks, slowed down or
-paused at a known point of a block so a test can kill a worker (or the
-driver) there, and small tasks whose blocks fail or hang on purpose.
+"""Tasks for the reliability tests: the segmentation tasks and the stages of
+hierarchical GraphMWS, slowed down or paused at a known point of a block so
+a test can kill a worker (or the driver) there, and small tasks whose blocks
+fail or hang on purpose.
 
 daisy's worker processes import this module by name (the test's
 ``sys.path`` is handed to them), as they would import a plugin.
@@ -33,6 +34,8 @@ from volara.blockwise import (
     Pipeline,
     Relabel,
 )
+from volara.blockwise.frag_seg_edge_agglom import FragSegEdgeAgglom
+from volara.blockwise.graph_mws_blocks import GraphMWSBlocks
 from volara.datasets import Dataset, Labels
 from volara.dbs import DB, AnyDB, ThreadConnections
 from volara.demo import demo_pipeline
@@ -137,6 +140,47 @@ class PausingRelabel(Relabel):
     pause_after_writes: Path | None = None
     """Pause file for the first block that has written its segments but is
     not yet marked done."""
+
+    @contextmanager
+    def process_block_func(self) -> Iterator:
+        with super().process_block_func() as process_block:
+            yield paced(process_block, 0.0, self.pause_after_writes)
+
+
+class PausingGraphMWSBlocks(GraphMWSBlocks):
+    """`GraphMWSBlocks` that can pause after its writes."""
+
+    task_type: Literal["test-pausing-graph-mws-blocks"] = (
+        "test-pausing-graph-mws-blocks"
+    )
+    pause_after_writes: Path | None = None
+    """Pause file for the first block that has written its segment nodes
+    and its piece of the table but is not yet marked done."""
+
+    @property
+    def task_name(self) -> str:
+        # the stage's own name: a run of the plain task resumes this one
+        return f"{self.segments_db.id}-graph-mws-blocks"
+
+    @contextmanager
+    def process_block_func(self) -> Iterator:
+        with super().process_block_func() as process_block:
+            yield paced(process_block, 0.0, self.pause_after_writes)
+
+
+class PausingFragSegEdgeAgglom(FragSegEdgeAgglom):
+    """`FragSegEdgeAgglom` that can pause after its writes."""
+
+    task_type: Literal["test-pausing-frag-seg-edge-agglom"] = (
+        "test-pausing-frag-seg-edge-agglom"
+    )
+    pause_after_writes: Path | None = None
+    """Pause file for the first block that has written its segment edges
+    but is not yet marked done."""
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.segments_db.id}-frag-seg-edge-agglom"
 
     @contextmanager
     def process_block_func(self) -> Iterator:

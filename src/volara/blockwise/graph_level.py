@@ -24,7 +24,7 @@ from typing import Annotated
 
 import numpy as np
 from funlib.geometry import Coordinate, Roi
-from pydantic import AfterValidator, field_validator
+from pydantic import AfterValidator, field_validator, model_validator
 
 from ..dbs import DB, AnyDB
 from ..lut import LUT
@@ -167,15 +167,22 @@ class GraphLevelTask(LevelTask):
     `fragments_db`. The mean edge attributes get a count column ``a__size``
     added if the config does not name it."""
 
-    def check_level_geometry(self) -> None:
-        """The databases differ and have the ROI's dimensions."""
+    @model_validator(mode="after")
+    def _distinct_databases(self):
+        # at construction: in a pipeline, a later level's mistake would
+        # otherwise surface as its tasks' names clashing with the earlier
+        # level's, or after the earlier level prepared its outputs
         if _same_db(self.fragments_db, self.segments_db):
             raise ValueError(
                 f"{type(self).__name__}.segments_db is the same database as "
                 f"fragments_db ({self.fragments_db.location}): segments would mix "
                 "with the fragments they are made of. Give segments_db another path "
-                "(SQLite) or db_name (PostgreSQL)."
+                "(SQLite) or name (PostgreSQL)."
             )
+        return self
+
+    def check_level_geometry(self) -> None:
+        """The databases have the ROI's dimensions."""
         if self.block_size.dims != self.roi.dims:
             raise ValueError(
                 f"{type(self).__name__}.block_size has {self.block_size.dims} "

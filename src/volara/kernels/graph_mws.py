@@ -178,7 +178,8 @@ def size_weighted_means(
     group = group.ravel()
     sizes = np.asarray(sizes, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
-    flat = values.reshape(values.shape[0], -1)
+    # not reshape(n, -1): no fragments (a block without any) has no -1
+    flat = values.reshape(values.shape[0], int(np.prod(values.shape[1:])))
     totals = np.bincount(group, sizes, minlength=labels.size)
     sums = np.stack(
         [
