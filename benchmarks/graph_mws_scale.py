@@ -226,6 +226,13 @@ def main(argv: list[str], workdir: Path) -> None:
     )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--sample-blocks",
+        type=int,
+        default=0,
+        help="instead of the whole hierarchical run, time the first level's "
+        "watershed on this many middle blocks, one after the other",
+    )
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-levels", action="store_true")
     parser.add_argument("--memory-cap-gb", type=float, default=18.0)
@@ -256,7 +263,8 @@ def main(argv: list[str], workdir: Path) -> None:
         figures["levels"] = run_capped(
             command
             + ["--lut", str(workdir / f"levels-{args.side}.npz")]
-            + ["--block-size", *map(str, block), "--workers", str(args.workers)],
+            + ["--block-size", *map(str, block), "--workers", str(args.workers)]
+            + ["--sample-blocks", str(args.sample_blocks)],
             workdir / f"levels-{args.side}.log",
             memory_cap=args.memory_cap_gb * 2**30,
             time_cap=args.time_cap_minutes * 60,
@@ -268,7 +276,7 @@ def main(argv: list[str], workdir: Path) -> None:
             memory_cap=args.memory_cap_gb * 2**30,
             time_cap=args.time_cap_minutes * 60,
         )
-    if not (args.skip_levels or args.skip_memory):
+    if not (args.skip_levels or args.skip_memory or args.sample_blocks):
         figures["levels_vs_memory"] = _compare(workdir, args.side)
     if args.drop:
         db.drop_database()
