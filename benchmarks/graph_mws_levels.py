@@ -22,9 +22,10 @@ segment count. Graphs (several seeds, three noise levels each):
   AffAgglom as in `volara.demo` (blocks of 12 x 96 x 96 voxels, context
   4 x 24 x 24); VOI on voxels (the fragments' overlap with the truth).
 
-``scale``: see `graph_mws_levels_scale.py`.
+``scale``: see `graph_mws_scale.py`.
 
     python benchmarks/graph_mws_levels.py quality [--seeds 3] [--shapes lattice columns neurites]
+    python benchmarks/graph_mws_levels.py scale --side 215
 
 Prints one JSON object (every row) and, on stderr, a table per graph shape.
 """
