@@ -18,9 +18,10 @@ segment count. Graphs (several seeds, three noise levels each):
   diagonals, same affinity model.
 - ``neurites``: the real thing on a small volume: `generate_sample_data`
   (neurites 8 voxels across with 1-voxel membranes, blur 0.5, the data of
-  tests/test_accuracy_ordering.py on 24 x 192 x 192 voxels), ExtractFrags +
-  AffAgglom as in `volara.demo` (blocks of 12 x 96 x 96 voxels, context
-  4 x 24 x 24); VOI on voxels (the fragments' overlap with the truth).
+  tests/test_accuracy_ordering.py on 24 x 128 x 128 voxels), ExtractFrags +
+  AffAgglom as in `volara.demo` (blocks of 12 x 64 x 64 voxels, context
+  4 x 16 x 16); VOI on voxels (the fragments' overlap with the truth).
+  First-level blocks are kept at least 12 sections deep (`NEURITE_MIN_BLOCK`).
 
 ``scale``: see `graph_mws_scale.py`.
 
