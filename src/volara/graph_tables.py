@@ -14,6 +14,7 @@ Python, never user text.
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
 
@@ -32,6 +33,8 @@ _FETCH_ROWS = 1_000_000
 _IDS_PER_QUERY = 10_000
 # Above this fraction of all nodes, scanning every edge beats index look-ups.
 _SCAN_FRACTION = 0.25
+# PostgreSQL type oids of the columns read: their binary COPY formats
+_BINARY_FORMATS = {16: "?", 21: ">i2", 23: ">i4", 20: ">i8", 700: ">f4", 701: ">f8"}
 
 
 def _attr_columns(graph_db, attr: str, attr_type, alias: str) -> list[str]:
@@ -68,6 +71,10 @@ def roi_condition(graph_db, roi: Roi, alias: str = "n") -> str:
 
 
 def _select(graph_db, query: str, dtype: np.dtype) -> np.ndarray:
+    if not isinstance(graph_db, SQLiteGraphDataBase):
+        table = _copy_select(graph_db, query, dtype)
+        if table is not None:
+            return table
     cursor = graph_db.cur
     cursor.execute(query)
     chunks = []
@@ -79,6 +86,42 @@ def _select(graph_db, query: str, dtype: np.dtype) -> np.ndarray:
     if not chunks:
         return np.zeros(0, dtype=dtype)
     return np.concatenate(chunks)
+
+
+def _copy_select(graph_db, query: str, dtype: np.dtype) -> np.ndarray | None:
+    """PostgreSQL: the rows of ``query`` through one binary ``COPY``, parsed
+    by numpy: several times faster than fetching millions of rows as Python
+    tuples. ``None`` if a column is not a fixed-width number or a value is
+    NULL (the caller then fetches rows)."""
+    cursor = graph_db.cur
+    cursor.execute(f"{query} LIMIT 0")
+    formats = [_BINARY_FORMATS.get(column.type_code) for column in cursor.description]
+    if None in formats or len(formats) != len(dtype.names or ()):
+        return None
+    row = np.dtype(
+        [("fields", ">i2")]
+        + [
+            field
+            for i, value in enumerate(formats)
+            for field in ((f"length{i}", ">i4"), (f"value{i}", value))
+        ]
+    )
+    buffer = io.BytesIO()
+    cursor.copy_expert(f"COPY ({query}) TO STDOUT WITH (FORMAT binary)", buffer)
+    data = buffer.getbuffer()
+    # header: 11-byte signature, flags, extension length; trailer: -1
+    start = 19 + int.from_bytes(data[15:19], "big")
+    body = data[start:-2]
+    if len(body) % row.itemsize:
+        return None
+    rows = np.frombuffer(body, row)
+    for i, value in enumerate(formats):
+        if np.any(rows[f"length{i}"] != np.dtype(value).itemsize):
+            return None
+    table = np.empty(rows.size, dtype)
+    for i, name in enumerate(dtype.names or ()):
+        table[name] = rows[f"value{i}"]
+    return table
 
 
 def _value_selects(
