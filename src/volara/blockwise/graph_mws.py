@@ -109,7 +109,13 @@ class GraphMWS(OneBlockTask):
     context: PydanticCoordinate | None = None
     """With `block_size`: how far beyond each first-level block its
     watershed looks, in world units, one value per spatial axis (scaled with
-    the blocks at each level). ``None``: half a block."""
+    the blocks at each level). ``None``: one block, as in volara 1.0.5's
+    `IterativeGraphMWS`. Fragments of a real region graph can be a whole
+    `ExtractFrags` block long, so the edges of a fragment reach far from its
+    position: with less context than the fragments' extent, blocks merge by
+    weak edges before they see the strong ones (benchmarks/README.md,
+    "Hierarchical GraphMWS": half a block strayed by VOI 0.2-0.5 from the
+    in-memory result on real graphs, one block by 0)."""
     edge_score: Literal["strongest", "mean"] = "strongest"
     """With `block_size`: how the levels above the first weigh an edge
     between two segments: by its strongest fragment edge (as the in-memory
@@ -180,7 +186,7 @@ class GraphMWS(OneBlockTask):
         if self.block_size is None:
             return None
         sizes = self.level_block_sizes()
-        context = self.context if self.context is not None else self.block_size // 2
+        context = self.context if self.context is not None else self.block_size
         fragments_db: AnyDB = self.db
         tables: list[LUT] = []
         # segment graphs are named after the table: two GraphMWS tasks on
