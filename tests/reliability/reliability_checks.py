@@ -243,3 +243,18 @@ class WorkerKiller(threading.Thread):
             return
         os.kill(pid, signal.SIGKILL)
         self.killed[pause_file] = pid
+
+
+def run_killing(pipeline, pause_file: Path) -> dict:
+    """Run ``pipeline``, killing (SIGKILL) the worker that pauses at
+    ``pause_file``; the kill must happen. Returns the run's states."""
+    killer = WorkerKiller([pause_file])
+    killer.start()
+    try:
+        states = pipeline.run_blockwise(progress=False)
+    finally:
+        killer.finish()
+    assert not killer.problems, killer.problems
+    assert list(killer.killed) == [pause_file]
+    assert not alive(killer.killed[pause_file])
+    return states

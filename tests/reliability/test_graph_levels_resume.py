@@ -14,7 +14,7 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 import pytest
-from reliability_checks import WorkerKiller, alive, count_duplicate_rows
+from reliability_checks import count_duplicate_rows, run_killing
 from reliability_tasks import PausingFragSegEdgeAgglom, PausingGraphMWSBlocks
 
 from graph_levels_data import WEIGHTS, lattice_graph, read_graph, write_graph
@@ -61,22 +61,6 @@ def with_pauses(
             replaced[stage] = PausingGraphMWSBlocks(**fields, pause_after_writes=blocks)
     assert len(replaced) == 2
     return Pipeline.from_graph(nx.relabel_nodes(stages.task_graph, replaced))
-
-
-def run_killing(pipeline: Pipeline, pause_file: Path) -> dict:
-    """Run ``pipeline``, killing the worker that pauses at ``pause_file``;
-    the kill must happen. Returns (failed, orphaned, completed, skipped)
-    blocks per stage."""
-    killer = WorkerKiller([pause_file])
-    killer.start()
-    try:
-        states = pipeline.run_blockwise(progress=False)
-    finally:
-        killer.finish()
-    assert not killer.problems, killer.problems
-    assert list(killer.killed) == [pause_file]
-    assert not alive(killer.killed[pause_file])
-    return counts(states)
 
 
 def counts(states: dict) -> dict[str, tuple[int, int, int, int]]:
@@ -133,13 +117,13 @@ def test_killed_level_workers_resume_to_the_same_tables(tmp_path, backend):
     last = pipeline.tasks[-1].task_name
     # 1: the level-1 edge block fails; the level-2 blocks reading next to
     # it (at least one) and the last level are orphaned: no table yet
-    first = run_killing(pipeline, edges_pause)
+    first = counts(run_killing(pipeline, edges_pause))
     assert first[edges_1] == (1, 0, 63, 0)
     assert first[blocks_2][0] == 0 and first[blocks_2][1] >= 1
     assert first[last] == (0, 1, 0, 0)
     assert not task.lut.exists()
     # 2: resumed; a level-2 watershed block that had not run is killed
-    second = run_killing(with_pauses(task, blocks=blocks_pause), blocks_pause)
+    second = counts(run_killing(with_pauses(task, blocks=blocks_pause), blocks_pause))
     assert second[edges_1] == (0, 0, 64, 63)
     assert second[blocks_2][0] == 1
     assert second[last] == (0, 1, 0, 0)

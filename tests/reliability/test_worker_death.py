@@ -8,8 +8,6 @@ test kills that process, a real daisy worker of this test process."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from reliability_checks import (
@@ -20,6 +18,7 @@ from reliability_checks import (
     count_duplicate_rows,
     read_graph,
     read_outputs,
+    run_killing,
     uninterrupted,  # noqa: F401  (a fixture)
 )
 from reliability_tasks import (
@@ -142,21 +141,6 @@ def _s3_run(
     )
 
 
-def _run_killing(pipeline: Pipeline, pause_file: Path) -> dict:
-    """Run ``pipeline``, killing (SIGKILL) the worker that pauses at
-    ``pause_file``; the kill must happen."""
-    killer = WorkerKiller([pause_file])
-    killer.start()
-    try:
-        states = pipeline.run_blockwise(progress=False)
-    finally:
-        killer.finish()
-    assert not killer.problems, killer.problems
-    assert list(killer.killed) == [pause_file]
-    assert not alive(killer.killed[pause_file])
-    return states
-
-
 def _counts(states: dict) -> list[tuple[int, int, int, int]]:
     """(failed, orphaned, completed, skipped) blocks of each task."""
     return [
@@ -202,9 +186,9 @@ def test_killed_workers_writing_to_s3_then_resumed(seaweedfs, tmp_path):
     # the graph tasks and Relabel are orphaned: the second run resumes
     # ExtractFrags and runs the rest, until Relabel's worker is killed; the
     # third run resumes Relabel only
-    first = _run_killing(pipeline, pauses["extract-frags"])
+    first = run_killing(pipeline, pauses["extract-frags"])
     assert _counts(first) == [(1, 0, 7, 0), (0, 8, 0, 0), (0, 1, 0, 0), (0, 8, 0, 0)]
-    second = _run_killing(pipeline, pauses["relabel"])
+    second = run_killing(pipeline, pauses["relabel"])
     assert _counts(second) == [(0, 0, 8, 7), (0, 0, 8, 0), (0, 0, 1, 0), (1, 0, 7, 0)]
     third = pipeline.run_blockwise(progress=False)
     assert _counts(third) == [(0, 0, 8, 8), (0, 0, 8, 8), (0, 0, 1, 1), (0, 0, 8, 7)]

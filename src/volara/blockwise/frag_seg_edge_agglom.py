@@ -71,10 +71,6 @@ class FragSegEdgeAgglom(GraphLevelTask):
     """Each segment pair is written by one block: any order."""
 
     @property
-    def task_name(self) -> str:
-        return f"{self.segments_db.id}-{self.task_type}"
-
-    @property
     def context_size(self) -> Coordinate:
         # not read: makes each block wait for its neighbors' segments
         return self.block_size

@@ -157,6 +157,8 @@ class GraphLevelTask(LevelTask):
     """A level's task that reads a fragment graph and writes a segment
     graph."""
 
+    task_type: str
+    """Tag that selects the task's class when a config is loaded."""
     fragments_db: AnyDB
     """The graph to agglomerate: fragments (or the previous level's
     segments) as nodes with ``position`` and ``size``, scored edges."""
@@ -166,6 +168,11 @@ class GraphLevelTask(LevelTask):
     total size) and one edge per pair of touching segments. Must not be
     `fragments_db`. The mean edge attributes get a count column ``a__size``
     added if the config does not name it."""
+
+    @property
+    def task_name(self) -> str:
+        """Named after the segment graph the task writes."""
+        return f"{self.segments_db.id}-{self.task_type}"
 
     @model_validator(mode="after")
     def _distinct_databases(self):

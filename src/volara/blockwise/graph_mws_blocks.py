@@ -80,10 +80,6 @@ class GraphMWSBlocks(GraphLevelTask):
     """Blocks only read fragments and write their own segments: any order."""
 
     @property
-    def task_name(self) -> str:
-        return f"{self.segments_db.id}-{self.task_type}"
-
-    @property
     def context_size(self) -> Coordinate:
         return self.context
 

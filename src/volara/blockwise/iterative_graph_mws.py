@@ -88,10 +88,6 @@ class IterativeGraphMWS(_GraphMWSLevel):
     """Accepted as volara 1.0.5 wrote it; blocks are cropped to `roi` either
     way."""
 
-    @property
-    def task_name(self) -> str:
-        return f"{self.segments_db.id}-{self.task_type}"
-
     def _default_context(self) -> Coordinate:
         return self.block_size
 
@@ -125,10 +121,6 @@ class GraphMWSExtractFragments(_GraphMWSLevel):
     fit: Literal["shrink", "overhang"] = "shrink"
     """Accepted as volara 1.0.5 wrote it; blocks are cropped to `roi` either
     way."""
-
-    @property
-    def task_name(self) -> str:
-        return f"{self.segments_db.id}-{self.task_type}"
 
     def _default_context(self) -> Coordinate:
         return Coordinate((0,) * self.block_size.dims)
