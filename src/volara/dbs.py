@@ -20,6 +20,7 @@ import re
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -126,6 +127,22 @@ class DB(StrictBaseModel, ABC):
             **self.default_edge_attrs,
             **edges,
         }
+
+    def require_edge_attrs(
+        self, names: Iterable[str], field: str, what: str = "the database"
+    ) -> None:
+        """Raise a clear error, naming the task's ``field`` (e.g.
+        ``"GraphMWS.weights"``), for a name that is not one of this config's
+        edge attributes."""
+        _, edge_attrs = self.graph_attrs
+        for name in names:
+            if name not in edge_attrs:
+                raise ValueError(
+                    f"{field}: {name!r} is not an edge attribute of {what} (it has "
+                    f"{sorted(edge_attrs)}). Add it to the db's edge_attrs, e.g. "
+                    f'edge_attrs={{"{name}": "float"}}, or remove it from '
+                    f"{field.rsplit('.', 1)[-1]}."
+                )
 
     @property
     @abstractmethod

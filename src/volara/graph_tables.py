@@ -257,6 +257,15 @@ def index_edge_ends(graph_db) -> None:
     graph_db._commit()
 
 
+def inside_roi(positions: np.ndarray, roi: Roi) -> np.ndarray:
+    """Which positions (rows, world units) lie in ``roi``: begin inclusive,
+    end exclusive, as `roi_condition` selects them."""
+    begin = np.array(roi.begin, dtype=np.float64)
+    end = np.array(roi.end, dtype=np.float64)
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, begin.size)
+    return np.all((positions >= begin) & (positions < end), axis=1)
+
+
 def owned_pairs(
     write_roi: Roi, u: np.ndarray, v: np.ndarray, nodes: Columns
 ) -> np.ndarray:
@@ -265,8 +274,6 @@ def owned_pairs(
     units). Write regions tile the volume, so each pair has one owner."""
     pos_u, found_u = lookup_rows(u, nodes["id"], nodes["position"])
     _, found_v = lookup_rows(v, nodes["id"], nodes["position"])
-    begin = np.array(write_roi.begin, dtype=np.float64)
-    end = np.array(write_roi.end, dtype=np.float64)
     missing = ~(found_u & found_v)
     if missing.any():
         logger.debug(
@@ -274,8 +281,7 @@ def owned_pairs(
             int(missing.sum()),
             write_roi,
         )
-    inside = np.all((pos_u >= begin) & (pos_u < end), axis=1)
-    return ~missing & inside
+    return ~missing & inside_roi(pos_u, write_roi)
 
 
 def write_edge_rows(

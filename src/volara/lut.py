@@ -187,13 +187,7 @@ class LUT(StrictBaseModel):
     def level(self, level: int) -> LUT:
         """The table of one level of a hierarchical agglomeration written
         into this one: beside it, named ``<name>_level<level>``."""
-        stem = self.uri.removesuffix(".npz")
-        location: Path | str = (
-            f"{stem}_level{level}.npz"
-            if self.is_s3
-            else Path(f"{stem}_level{level}.npz")
-        )
-        return LUT(path=location, s3_kwargs=self.s3_kwargs)
+        return self._at(f"{self.uri.removesuffix('.npz')}_level{level}.npz")
 
     @property
     def pieces_uri(self) -> str:
@@ -206,12 +200,11 @@ class LUT(StrictBaseModel):
         """The piece of this table written by the block at ``block_index``
         (its position in the block grid, one integer per axis)."""
         name = "_".join(str(int(i)) for i in block_index)
-        location: Path | str = (
-            f"{self.pieces_uri}/{name}.npz"
-            if self.is_s3
-            else Path(self.pieces_uri) / f"{name}.npz"
-        )
-        return LUT(path=location, s3_kwargs=self.s3_kwargs)
+        return self._at(f"{self.pieces_uri}/{name}.npz")
+
+    def _at(self, uri: str) -> LUT:
+        """A table at ``uri``, on the same store as this one."""
+        return LUT(path=uri if self.is_s3 else Path(uri), s3_kwargs=self.s3_kwargs)
 
     def drop_pieces(self) -> None:
         """Delete every piece of this table."""

@@ -104,14 +104,7 @@ class AffAgglom(GridTask):
 
     def check_config(self) -> None:
         super().check_config()
-        _, edge_attrs = self.db.graph_attrs
-        for name in self.scores:
-            if name not in edge_attrs:
-                raise ValueError(
-                    f"AffAgglom.scores: {name!r} is not an edge attribute of the "
-                    f"database (it has {sorted(edge_attrs)}). Add it to the db's "
-                    f'edge_attrs, e.g. edge_attrs={{"{name}": "float"}}.'
-                )
+        self.db.require_edge_attrs(self.scores, "AffAgglom.scores")
         neighborhood = [tuple(offset) for offset in self.affs_data.neighborhood or []]
         for name, offsets in self.scores.items():
             for offset in offsets:

@@ -14,6 +14,7 @@ from funlib.geometry import Coordinate, Roi
 from ..dbs import ThreadConnections
 from ..graph_tables import (
     index_edge_ends,
+    inside_roi,
     read_edge_columns,
     read_node_columns,
     write_edge_rows,
@@ -24,10 +25,8 @@ from ..lut import LUT
 from .blockwise import BlockwiseTask
 from .graph_level import (
     GraphLevelTask,
-    check_edge_attrs,
     count_name,
     high_name,
-    inside_roi,
     low_name,
     piece_table,
     stored_among,
@@ -103,8 +102,8 @@ class FragSegEdgeAgglom(GraphLevelTask):
             )
         if not self.produced_upstream(self.fragments_db.location):
             self.fragments_db.check_usable()
-            check_edge_attrs(
-                type(self).__name__, "edge_attrs", self.fragments_db, self.edge_attrs
+            self.fragments_db.require_edge_attrs(
+                self.edge_attrs, f"{type(self).__name__}.edge_attrs", "fragments_db"
             )
 
     def init(self) -> None:

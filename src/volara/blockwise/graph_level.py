@@ -252,27 +252,6 @@ def stored_among(graph_db, names: Sequence[str]) -> list[str]:
     return [name for name in names if name in stored]
 
 
-def check_edge_attrs(task: str, field: str, db: DB, attrs: Iterable[str]) -> None:
-    """Each of ``attrs`` is an edge attribute of ``db``'s config."""
-    _, edge_attrs = db.graph_attrs
-    for name in attrs:
-        if name not in edge_attrs:
-            raise ValueError(
-                f"{task}.{field}: {name!r} is not an edge attribute of fragments_db "
-                f"(it has {sorted(edge_attrs)}). Add it to the db's edge_attrs, e.g. "
-                f'edge_attrs={{"{name}": "float"}}, or remove it from {field}.'
-            )
-
-
-def inside_roi(positions: np.ndarray, roi: Roi) -> np.ndarray:
-    """Which positions (rows, world units) lie in ``roi`` (begin inclusive,
-    end exclusive, as the databases' spatial queries)."""
-    begin = np.array(roi.begin, dtype=np.float64)
-    end = np.array(roi.end, dtype=np.float64)
-    positions = np.asarray(positions, dtype=np.float64).reshape(-1, begin.size)
-    return np.all((positions >= begin) & (positions < end), axis=1)
-
-
 def describe(table: np.ndarray) -> str:
     """A short summary of a look-up table, for logs."""
     return json.dumps(

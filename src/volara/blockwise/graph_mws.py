@@ -237,15 +237,8 @@ class GraphMWS(OneBlockTask):
         return [self.lut.location]
 
     def check_config(self) -> None:
-        node_attrs, edge_attrs = self.db.graph_attrs
-        for name in self.weights:
-            if name not in edge_attrs:
-                raise ValueError(
-                    f"GraphMWS.weights: {name!r} is not an edge attribute of the "
-                    f"database (it has {sorted(edge_attrs)}). Add it to the db's "
-                    f'edge_attrs, e.g. edge_attrs={{"{name}": "float"}}, or remove '
-                    "it from weights."
-                )
+        self.db.require_edge_attrs(self.weights, "GraphMWS.weights")
+        node_attrs, _ = self.db.graph_attrs
         if self.roi.dims != self.db.ndim:
             raise ValueError(
                 f"GraphMWS.roi has {self.roi.dims} dimensions, the db's node "

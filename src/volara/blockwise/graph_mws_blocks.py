@@ -12,7 +12,7 @@ import numpy as np
 from funlib.geometry import Coordinate, Roi
 
 from ..dbs import ThreadConnections
-from ..graph_tables import read_edge_columns, read_node_columns
+from ..graph_tables import inside_roi, read_edge_columns, read_node_columns
 from ..graph_writes import replace_nodes_in_roi
 from ..kernels.graph_mws import (
     interior_segments,
@@ -25,9 +25,7 @@ from .blockwise import BlockwiseTask
 from .graph_level import (
     EdgeWeights,
     GraphLevelTask,
-    check_edge_attrs,
     high_name,
-    inside_roi,
     low_name,
     stored_among,
     with_summaries,
@@ -96,8 +94,8 @@ class GraphMWSBlocks(GraphLevelTask):
         self.check_level_geometry()
         if not self.produced_upstream(self.fragments_db.location):
             self.fragments_db.check_usable()
-            check_edge_attrs(
-                type(self).__name__, "weights", self.fragments_db, self.weights
+            self.fragments_db.require_edge_attrs(
+                self.weights, f"{type(self).__name__}.weights", "fragments_db"
             )
 
     def check_upstream(self, upstream: list[BlockwiseTask]) -> None:
