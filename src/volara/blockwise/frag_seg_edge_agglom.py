@@ -3,8 +3,9 @@ segments they belong to."""
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Literal
 
@@ -35,6 +36,8 @@ from .graph_level import (
 )
 
 logger = logging.getLogger(__name__)
+
+_CACHED_PIECES = 64
 
 
 class FragSegEdgeAgglom(GraphLevelTask):
@@ -121,10 +124,13 @@ class FragSegEdgeAgglom(GraphLevelTask):
     def process_block_func(self) -> Iterator:
         fragments = ThreadConnections(self.fragments_db, mode="r")
         segments = ThreadConnections(self.segments_out)
+        # neighboring blocks read the same pieces: each is loaded once per
+        # worker (they are final once this stage runs)
+        pieces = functools.lru_cache(maxsize=_CACHED_PIECES)(self._piece_loader())
 
         def process_block(block) -> None:
             u, v, columns = self.segment_edges(
-                fragments.get(), block.write_roi.intersect(self.roi)
+                fragments.get(), block.write_roi.intersect(self.roi), pieces
             )
             write_edge_rows(segments.get(), u, v, columns)
 
@@ -135,16 +141,27 @@ class FragSegEdgeAgglom(GraphLevelTask):
             segments.close_all()
 
     def segment_edges(
-        self, graph_db, write_roi: Roi
+        self,
+        graph_db,
+        write_roi: Roi,
+        pieces: Callable[[tuple[int, ...]], np.ndarray] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         """The segment edges this block writes: ``(u, v, columns)`` with the
-        mean, count, smallest and largest value of each of `edge_attrs`."""
+        mean, count, smallest and largest value of each of `edge_attrs`.
+        ``pieces`` loads the piece of `lut` at a grid position (default:
+        from its file)."""
         own = read_node_columns(graph_db, [], roi=write_roi)["id"]
         summaries = stored_among(
             graph_db, [name for a in self.edge_attrs for name in summary_names(a)]
         )
         edges = _edges_touching(graph_db, [*self.edge_attrs, *summaries], own)
-        fragments, segments = self._segments_of(graph_db, own, edges, write_roi)
+        fragments, segments = self._segments_of(
+            graph_db,
+            own,
+            edges,
+            write_roi,
+            pieces or self._piece_loader(),
+        )
         at_u, at_v = (
             node_index(fragments, edges["u"]),
             node_index(fragments, edges["v"]),
@@ -177,19 +194,28 @@ class FragSegEdgeAgglom(GraphLevelTask):
             columns[high_name(attr)] = parts["high"]
         return u, v, columns
 
+    def _piece_loader(self) -> Callable[[tuple[int, ...]], np.ndarray]:
+        """Loads the piece of `lut` at a grid position from its file."""
+        assert self.lut is not None, "set by check_upstream or the config"
+        return functools.partial(piece_table, self.lut)
+
     def _segments_of(
-        self, graph_db, own: np.ndarray, edges: dict, write_roi: Roi
+        self,
+        graph_db,
+        own: np.ndarray,
+        edges: dict,
+        write_roi: Roi,
+        pieces: Callable[[tuple[int, ...]], np.ndarray],
     ) -> tuple[np.ndarray, np.ndarray]:
         """A sorted mapping from every fragment the edges touch to its
         segment, from the pieces of the blocks holding those fragments."""
-        assert self.lut is not None
         ends = np.unique(np.concatenate([edges["u"], edges["v"]]))
         others = ends[~np.isin(ends, own)]
         positions = read_node_columns(graph_db, ["position"], ids=others)["position"]
         inside = inside_roi(positions, self.roi)
         indices = {tuple(i) for i in self.indices_of(positions[inside]).tolist()}
         indices.add(self.block_index(write_roi))
-        tables = [piece_table(self.lut, index) for index in sorted(indices)]
+        tables = [pieces(index) for index in sorted(indices)]
         table = np.concatenate(tables, axis=1)
         return sorted_mapping(table[0], table[1])
 
