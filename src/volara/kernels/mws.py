@@ -60,10 +60,19 @@ block past the volume's edge, padded with zeros, that is most edges); one
 uint64 sort key per remaining edge (the inverted bits of ``|w|``, the tie
 rank, the attractive flag) sorted by an LSD radix sort; float64 weights sort
 twice (the tie rank, then the full 64-bit ``|w|`` key), unless every weight
-is exactly a float32. A flat union-find (path halving, union by size);
-mutex constraints as one open-addressing hash set of cluster-key pairs plus
-per-cluster partner lists, re-keyed from the shorter list into the longer
-one on a merge.
+is exactly a float32. A flat union-find (path halving). Mutex constraints
+are checked lazily: a repulsive edge only appends each cluster's voxel to
+the other's partner list, and an attractive edge between two clusters that
+both have partners scans the shorter list for a voxel of the other cluster.
+A merge appends the shorter list to the longer one (whose root stays), so a
+scan that finds nothing, which precedes a merge, costs no more than that
+merge's copy, and all of them together stay within the small-to-large bound.
+Pairs a scan found are kept in a small hash set of root pairs, so an edge
+refused again is not scanned again while both roots stay roots. On the
+yardstick's blocks only about one attractive edge in a thousand is refused:
+keeping every constraint in a hash set of root pairs, re-keyed on each
+merge (the previous design), cost a random access to a table of tens of MB
+per edge, 25% more time in all (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -407,27 +416,30 @@ def _fill(table, pairs):
         _insert(table, pair)
 
 
-# columns of the per-root record
-_SIZE, _SEED, _MW_ID, _MW_RANK, _START, _LENGTH, _CAPACITY = 0, 1, 2, 3, 4, 5, 6
-_RECORD = 8  # two records per cache line
+# columns of the per-root record: the id mwatershed would give the cluster,
+# its seed index and mwatershed's union-by-rank rank (one word), and where
+# its partner list lies in the arena
+_MW_ID, _SEED_RANK, _START, _LENGTH = 0, 1, 2, 3
+_RECORD = 4  # four records per cache line
+_RANK_BITS = 5  # ranks stay below log2(voxels) < 31
+_RANK_MASK = (1 << _RANK_BITS) - 1
 _MIN_TABLE = 1 << 12
 
 
 @njit(cache=True)
-def _agglomerate(keys, order, start, n, nvox, steps, parent, root, arena, table, state):
+def _agglomerate(keys, order, start, n, nvox, steps, parent, root, arena, known, state):
     """Mutex watershed over the sorted edges ``start..n``. Returns where it
-    stopped: ``n``, or earlier when the pair table or the partner arena
-    needs room first (``state[3]``, ``state[4]``: how much).
+    stopped: ``n``, or earlier when the ``known`` pairs or the partner
+    arena need room first (``state[3]``, ``state[4]``: how much).
 
-    ``root[r]``: the record of cluster root ``r`` (size, seed index, the
-    id and rank mwatershed would give it, and where its partner list lies
-    in ``arena``: start, length, capacity). Mutex pairs in ``table`` are
-    (root, root) pairs; a partner list holds a voxel of each partner
-    cluster, resolved by ``find``. On a merge, the root with the longer
-    partner list stays root and the other's pairs are re-keyed onto it.
-    ``state``: arena used, (unused), pairs in the table (live or left
-    behind by merges), room needed in the table and in the arena."""
-    table_limit = table.size // 2
+    ``root[r]``: the record of cluster root ``r``. A partner list holds,
+    for each repulsive edge taken between the cluster and another, a voxel
+    of the other (resolved by ``find``; duplicates allowed). ``known``:
+    root pairs a scan found mutually exclusive (pairs with a root that has
+    merged since are left behind; `_live_pairs` drops them). ``state``:
+    arena used, (unused), pairs in ``known``, room needed in ``known`` and
+    in the arena."""
+    known_limit = known.size // 2
     one = np.uint64(1)
     for i in range(start, n):
         e = np.int64(order[i])
@@ -439,87 +451,120 @@ def _agglomerate(keys, order, start, n, nvox, steps, parent, root, arena, table,
             continue
         a_rec = root[ru]
         b_rec = root[rv]
-        pair = _pair(ru, rv)
-        if a_rec[_LENGTH] > 0 and b_rec[_LENGTH] > 0 and _contains(table, pair):
-            continue
-        # room for either outcome: the table gains at most the shorter
-        # list plus one pair, a list may move to a region twice its size
-        need = min(a_rec[_LENGTH], b_rec[_LENGTH]) + 1
-        room = 2 * (a_rec[_LENGTH] + b_rec[_LENGTH]) + 16
-        if state[2] + need > table_limit or state[0] + room > arena.size:
-            state[3] = need
+        la = a_rec[_LENGTH]
+        lb = b_rec[_LENGTH]
+        # room for either outcome: a list may move to a region twice its size
+        room = 2 * (la + lb) + 16
+        if state[2] + 1 > known_limit or state[0] + room > arena.size:
+            state[3] = 1
             state[4] = room
             return i
-        if keys[i] & one:  # the attractive flag
-            su = a_rec[_SEED]
-            sv = b_rec[_SEED]
-            if su != 0 and sv != 0 and su != sv:
+        if not keys[i] & one:  # repulsive: each cluster notes the other
+            _append(arena, state, a_rec, rv)
+            _append(arena, state, b_rec, ru)
+            continue
+        su = a_rec[_SEED_RANK] >> _RANK_BITS
+        sv = b_rec[_SEED_RANK] >> _RANK_BITS
+        if su != 0 and sv != 0 and su != sv:
+            continue
+        if la > 0 and lb > 0:
+            pair = _pair(ru, rv)
+            if _contains(known, pair):
                 continue
-            # the root mwatershed's union by rank picks
-            id_a, id_b = a_rec[_MW_ID], b_rec[_MW_ID]
-            rank_a, rank_b = a_rec[_MW_RANK], b_rec[_MW_RANK]
-            if id_a > id_b:
-                id_a, id_b = id_b, id_a
-                rank_a, rank_b = rank_b, rank_a
-            if rank_a > rank_b:
-                new_id, new_rank = id_a, rank_a
-            elif rank_b > rank_a:
-                new_id, new_rank = id_b, rank_b
+            if la <= lb:
+                exclusive = _lists(parent, arena, a_rec[_START], la, rv)
             else:
-                new_id, new_rank = id_b, rank_b + 1
-            # ours: the longer partner list (then the larger cluster) stays
-            if a_rec[_LENGTH] < b_rec[_LENGTH] or (
-                a_rec[_LENGTH] == b_rec[_LENGTH] and a_rec[_SIZE] < b_rec[_SIZE]
-            ):
-                ru, rv = rv, ru
-                a_rec, b_rec = b_rec, a_rec
-            parent[rv] = ru
-            a_rec[_SIZE] += b_rec[_SIZE]
-            if a_rec[_SEED] == 0:
-                a_rec[_SEED] = b_rec[_SEED]
-            a_rec[_MW_ID] = new_id
-            a_rec[_MW_RANK] = new_rank
-            _reserve(arena, state, a_rec, b_rec[_LENGTH])
-            w = a_rec[_START] + a_rec[_LENGTH]
+                exclusive = _lists(parent, arena, b_rec[_START], lb, ru)
+            if exclusive:
+                _insert(known, pair)
+                state[2] += 1
+                continue
+        new_id, new_rank = _mwatershed_union(a_rec, b_rec)
+        # ours: the longer partner list (then the higher rank) stays root
+        if la < lb or (
+            la == lb
+            and (a_rec[_SEED_RANK] & _RANK_MASK) < (b_rec[_SEED_RANK] & _RANK_MASK)
+        ):
+            ru, rv = rv, ru
+            a_rec, b_rec = b_rec, a_rec
+            la, lb = lb, la
+        parent[rv] = ru
+        a_rec[_MW_ID] = new_id
+        a_rec[_SEED_RANK] = (max(su, sv) << _RANK_BITS) | new_rank
+        if lb > 0:
+            _reserve(arena, state, a_rec, lb)
+            w = a_rec[_START] + la
             first = b_rec[_START]
-            for k in range(first, first + b_rec[_LENGTH]):
-                other = _find(parent, arena[k])
-                # the pair (rv, other) stays behind as garbage: rv is no
-                # root any more, and `_live_pairs` drops it
-                if _insert(table, _pair(ru, other)):
-                    state[2] += 1
-                    arena[w] = other
-                    w += 1
-            a_rec[_LENGTH] = w - a_rec[_START]
+            for k in range(lb):
+                arena[w + k] = arena[first + k]
+            a_rec[_LENGTH] = la + lb
             b_rec[_LENGTH] = 0
-            b_rec[_CAPACITY] = 0
-        else:
-            _insert(table, pair)
-            state[2] += 1
-            _reserve(arena, state, a_rec, 1)
-            arena[a_rec[_START] + a_rec[_LENGTH]] = rv
-            a_rec[_LENGTH] += 1
-            _reserve(arena, state, b_rec, 1)
-            arena[b_rec[_START] + b_rec[_LENGTH]] = ru
-            b_rec[_LENGTH] += 1
     return n
+
+
+@njit(cache=True, inline="always")
+def _lists(parent, arena, first, length, other):
+    """Whether the partner list of ``length`` voxels from ``first`` holds a
+    voxel of the cluster rooted at ``other``. Entries are replaced by their
+    roots on the way: the next scan finds them in one step."""
+    for k in range(first, first + length):
+        r = _find(parent, arena[k])
+        arena[k] = r
+        if r == other:
+            return True
+    return False
+
+
+@njit(cache=True, inline="always")
+def _mwatershed_union(a_rec, b_rec):
+    """The id and rank of the root mwatershed's union by rank picks when
+    it joins these two clusters (a rank tie: the larger id)."""
+    id_a, id_b = a_rec[_MW_ID], b_rec[_MW_ID]
+    rank_a = a_rec[_SEED_RANK] & _RANK_MASK
+    rank_b = b_rec[_SEED_RANK] & _RANK_MASK
+    if id_a > id_b:
+        id_a, id_b = id_b, id_a
+        rank_a, rank_b = rank_b, rank_a
+    if rank_a > rank_b:
+        return id_a, rank_a
+    if rank_b > rank_a:
+        return id_b, rank_b
+    return id_b, rank_b + 1
+
+
+@njit(cache=True, inline="always")
+def _append(arena, state, record, partner):
+    _reserve(arena, state, record, 1)
+    length = record[_LENGTH]
+    arena[record[_START] + length] = partner
+    record[_LENGTH] = length + 1
+
+
+@njit(cache=True, inline="always")
+def _capacity(length):
+    """The room of a partner list of ``length``: lists lie in regions of a
+    power of two (at least 4), so records need no capacity field."""
+    if length == 0:
+        return 0
+    capacity = 4
+    while capacity < length:
+        capacity *= 2
+    return capacity
 
 
 @njit(cache=True, inline="always")
 def _reserve(arena, state, record, extra):
     """Room for ``extra`` more partners in ``record``'s list: moved to the
-    top of the arena, at twice the size, if it is full."""
+    top of the arena, into the next larger region, if it is full."""
     length = record[_LENGTH]
-    if length + extra <= record[_CAPACITY]:
+    if length + extra <= _capacity(length):
         return
-    capacity = max(4, 2 * (length + extra))
     top = state[0]
     first = record[_START]
     for k in range(length):
         arena[top + k] = arena[first + k]
     record[_START] = top
-    record[_CAPACITY] = capacity
-    state[0] = top + capacity
+    state[0] = top + _capacity(length + extra)
 
 
 @njit(cache=True)
@@ -537,8 +582,7 @@ def _compact(parent, root, arena, new_arena):
         for k in range(length):
             new_arena[top + k] = arena[first + k]
         record[_START] = top
-        record[_CAPACITY] = length
-        top += length
+        top += _capacity(length)
     return top
 
 
@@ -546,7 +590,7 @@ def _compact(parent, root, arena, new_arena):
 def _labels(parent, root, seed_values, touched, out):
     for p in range(out.size):
         r = _find(parent, p)
-        s = root[r, _SEED]
+        s = root[r, _SEED_RANK] >> _RANK_BITS
         if s != 0:
             out[p] = seed_values[s]
         elif touched[p]:
@@ -601,14 +645,17 @@ def warm_up() -> None:
     numba's on-disk cache (seconds to compile, 0.2 s to load). A task calls
     this in the driver before its workers start, so that a run compiles
     once and every worker loads the result."""
-    # random weights on 16^3 voxels: enough mutex pairs that the pair table
-    # and the partner lists grow, so their functions compile too
+    # random weights on 16^3 voxels: enough partners that the arena is
+    # compacted, so that function compiles too
     offsets = [(1, 0, 0), (0, 1, 0), (0, 0, 1)]
     weights = np.random.default_rng(0).uniform(-1, 1, size=(3, 16, 16, 16))
     seeds = np.zeros(weights.shape[1:], dtype=np.uint64)
     seeds[0, 0, :2] = 1
     agglom(weights.astype(np.float32), offsets, seeds=seeds)
     _run(weights, offsets, seeds=seeds)
+    # known pairs grow only on large blocks with many refused merges
+    known = np.zeros(_MIN_TABLE, dtype=np.uint64)
+    _fill(known, _live_pairs(known, np.arange(4, dtype=np.int32)))
 
 
 def _run(
@@ -693,14 +740,12 @@ def _run(
     parent[:] = np.arange(nvox, dtype=np.int32)
     root = _working_array("root", nvox * _RECORD, np.int32, zeroed=True)
     root = root.reshape(nvox, _RECORD)
-    root[:, _SIZE] = 1
     root[:, _MW_ID] = parent
     seed_values = np.zeros(1, dtype=np.uint64)
     if seeds is not None:
         seed_values = _start_seeded(seeds, parent, root)
     arena = _working_array("arena", max(1024, 4 * nvox), np.int32)
-    table_size = max(_MIN_TABLE, 1 << int(nvox).bit_length())
-    table = _working_array("table", table_size, np.uint64, zeroed=True)
+    known = _working_array("known", _MIN_TABLE, np.uint64, zeroed=True)
     state = np.zeros(5, dtype=np.int64)
     steps = offset_array[:, 0] * shape[1] * shape[2]
     steps += offset_array[:, 1] * shape[2] + offset_array[:, 2]
@@ -717,36 +762,44 @@ def _run(
             parent,
             root,
             arena,
-            table,
+            known,
             state,
         )
         if start == n:
             break
-        if state[2] + state[3] > table.size // 2:
+        if state[2] + state[3] > known.size // 2:
             # drop the pairs merges left behind; grow or shrink to a load
             # of at most a quarter
-            live = _live_pairs(table, parent)
+            live = _live_pairs(known, parent)
             size = _MIN_TABLE
             while 4 * (live.size + state[3]) > size:
                 size *= 2
-            table = _working_array("table", size, np.uint64, zeroed=True)
-            _fill(table, live)
+            known = _working_array("known", size, np.uint64, zeroed=True)
+            _fill(known, live)
             state[2] = live.size
             del live
         if state[0] + state[4] > arena.size:
             # keep the lists of the current roots only; at most a quarter full
-            used = int(root[:, _LENGTH].sum())
+            used = _regions(root[:, _LENGTH])
             size = arena.size
             while 4 * (used + state[4]) > size:
                 size *= 2
             compacted = np.empty(size, dtype=np.int32)
             state[0] = _compact(parent, root, arena, compacted)
             arena = compacted
-    del keys, order, table, arena
+    del keys, order, known, arena
 
     out = np.empty(nvox, dtype=np.uint64)
     _labels(parent, root, seed_values, touched, out)
     return out.reshape(spatial)
+
+
+def _regions(lengths: np.ndarray) -> int:
+    """Arena entries that partner lists of these lengths occupy (see
+    `_capacity`)."""
+    lengths = lengths[lengths > 0].astype(np.int64)
+    exponents = np.ceil(np.log2(np.maximum(lengths, 4))).astype(np.int64)
+    return int(np.sum(np.left_shift(1, exponents)))
 
 
 def _per_channel(
@@ -771,11 +824,10 @@ def _start_seeded(
     values by seed index (index 0: no seed)."""
     flat = seeds.ravel().astype(np.uint64)
     seeded = np.flatnonzero(flat)
-    values, first, inverse, counts = np.unique(
-        flat[seeded], return_index=True, return_inverse=True, return_counts=True
+    values, first, inverse = np.unique(
+        flat[seeded], return_index=True, return_inverse=True
     )
     roots = seeded[first]
     parent[seeded] = roots[inverse.ravel()]
-    root[roots, _SIZE] = counts
-    root[roots, _SEED] = np.arange(1, values.size + 1)
+    root[roots, _SEED_RANK] = np.arange(1, values.size + 1) << _RANK_BITS
     return np.concatenate([np.zeros(1, dtype=np.uint64), values])
