@@ -209,7 +209,8 @@ def _edge_keys(
 ):
     """With ``marking``: marks the voxels of kept attractive edges in
     ``touched``. Else: the sort keys and edge ids of every kept edge that
-    counts, in (channel, voxel) order, and their number. An edge counts if
+    counts, in (channel, voxel) order; their number, and how many repel. An
+    edge counts if
     ``w != 0`` and it attracts or both its voxels are ``touched``: a voxel
     without attractive edges stays alone (nothing tries to merge it), so
     its mutex constraints are never asked.
@@ -233,6 +234,7 @@ def _edge_keys(
     for x in range(nx):
         x_terms[x] = _tie_hash((origin[2] + x) // _TIE_RUN, 3)
     n = 0
+    repulsive = 0
     for c in range(offsets.shape[0]):
         oz, oy, ox = offsets[c, 0], offsets[c, 1], offsets[c, 2]
         sz, sy, sx = strides[c, 0], strides[c, 1], strides[c, 2]
@@ -281,12 +283,13 @@ def _edge_keys(
                     )
                     if not attractive:
                         key |= np.uint64(1) << repulsive_shift
+                        repulsive += 1
                     if not wide:
                         key |= (abs_mask - magnitude) << magnitude_shift
                     keys[n] = key
                     order[n] = c * nvox + p
                     n += 1
-    return n
+    return n, repulsive
 
 
 @njit(cache=True)
@@ -707,9 +710,9 @@ def _run(
             raise ValueError(f"seeds have shape {seeds.shape}, weights {spatial}")
         # a seeded voxel belongs to its seed's cluster, which may merge
         touched |= seeds.ravel() != 0
-    n = 0
+    n = repulsive = 0
     for marking in (True, False):
-        n = _edge_keys(
+        n, repulsive = _edge_keys(
             bits,
             shape,
             offset_array,
@@ -744,7 +747,9 @@ def _run(
     seed_values = np.zeros(1, dtype=np.uint64)
     if seeds is not None:
         seed_values = _start_seeded(seeds, parent, root)
-    arena = _working_array("arena", max(1024, 4 * nvox), np.int32)
+    # each repulsive edge appends to two lists, and lists move as they grow
+    arena_names = ["arena", "spare_arena"]
+    arena = _working_array(arena_names[0], max(1024, 4 * nvox, 6 * repulsive), np.int32)
     known = _working_array("known", _MIN_TABLE, np.uint64, zeroed=True)
     state = np.zeros(5, dtype=np.int64)
     steps = offset_array[:, 0] * shape[1] * shape[2]
@@ -784,7 +789,8 @@ def _run(
             size = arena.size
             while 4 * (used + state[4]) > size:
                 size *= 2
-            compacted = np.empty(size, dtype=np.int32)
+            arena_names.reverse()
+            compacted = _working_array(arena_names[0], size, np.int32)
             state[0] = _compact(parent, root, arena, compacted)
             arena = compacted
     del keys, order, known, arena
