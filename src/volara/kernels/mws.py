@@ -72,7 +72,7 @@ refused again is not scanned again while both roots stay roots. On the
 yardstick's blocks only about one attractive edge in a thousand is refused:
 keeping every constraint in a hash set of root pairs, re-keyed on each
 merge (the previous design), cost a random access to a table of tens of MB
-per edge, 25% more time in all (benchmarks/README.md).
+per edge: 1.3x the time in all (benchmarks/README.md).
 """
 
 from __future__ import annotations
