@@ -209,11 +209,10 @@ def _edge_keys(
 ):
     """With ``marking``: marks the voxels of kept attractive edges in
     ``touched``. Else: the sort keys and edge ids of every kept edge that
-    counts, in (channel, voxel) order; their number, and how many repel. An
-    edge counts if
-    ``w != 0`` and it attracts or both its voxels are ``touched``: a voxel
-    without attractive edges stays alone (nothing tries to merge it), so
-    its mutex constraints are never asked.
+    counts, in (channel, voxel) order; their number, and how many repel.
+    An edge counts if ``w != 0`` and it attracts or both its voxels are
+    ``touched``: a voxel without attractive edges stays alone (nothing
+    tries to merge it), so its mutex constraints are never asked.
 
     ``bits``: the weights viewed as unsigned integers, ``(channels, voxels)``.
     A key holds, from the top: the inverted ``|w|`` bits (narrow, float32,
