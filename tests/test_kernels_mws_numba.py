@@ -119,6 +119,28 @@ def test_block_equals_mwatershed():
     np.testing.assert_array_equal(ours, theirs)
 
 
+def test_many_refused_merges_equal_mwatershed(monkeypatch):
+    """Random weights, mostly repulsive, with long-range offsets: thousands
+    of merges are refused, so the pairs found refused outgrow their first
+    table and are carried into larger ones. mwatershed's very array."""
+    from volara.kernels import mws
+
+    rebuilds = []
+    live_pairs = mws._live_pairs
+
+    def counted(table, parent):
+        rebuilds.append(table.size)
+        return live_pairs(table, parent)
+
+    monkeypatch.setattr(mws, "_live_pairs", counted)
+    offsets = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (2, 0, 0), (0, 4, 0), (0, 0, 4)]
+    offsets += [(3, 0, 0), (0, 7, 0), (0, 0, 7)]
+    weights = np.random.default_rng(1).uniform(-0.6, 0.4, (9, 16, 48, 48))
+    ours = agglom(weights, offsets)
+    assert len(rebuilds) >= 2
+    np.testing.assert_array_equal(ours, reference(weights, offsets))
+
+
 def test_kept_buffers_give_what_fresh_ones_give():
     """Inside `buffers_kept` the kernel reuses its arrays from call to call
     (larger and smaller volumes alternating, seeds, a table that grows):
