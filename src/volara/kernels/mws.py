@@ -570,6 +570,15 @@ def _reserve(arena, state, record, extra):
 
 
 @njit(cache=True)
+def _regions(root):
+    """Arena entries that the partner lists of the current roots occupy."""
+    total = 0
+    for r in range(root.shape[0]):
+        total += _capacity(root[r, _LENGTH])
+    return total
+
+
+@njit(cache=True)
 def _compact(parent, root, arena, new_arena):
     """Copy the partner lists of the current roots to ``new_arena`` (left
     behind: lists of merged clusters and their spare room). Returns the
@@ -784,7 +793,7 @@ def _run(
             del live
         if state[0] + state[4] > arena.size:
             # keep the lists of the current roots only; at most a quarter full
-            used = _regions(root[:, _LENGTH])
+            used = _regions(root)
             size = arena.size
             while 4 * (used + state[4]) > size:
                 size *= 2
@@ -797,14 +806,6 @@ def _run(
     out = np.empty(nvox, dtype=np.uint64)
     _labels(parent, root, seed_values, touched, out)
     return out.reshape(spatial)
-
-
-def _regions(lengths: np.ndarray) -> int:
-    """Arena entries that partner lists of these lengths occupy (see
-    `_capacity`)."""
-    lengths = lengths[lengths > 0].astype(np.int64)
-    exponents = np.ceil(np.log2(np.maximum(lengths, 4))).astype(np.int64)
-    return int(np.sum(np.left_shift(1, exponents)))
 
 
 def _per_channel(
